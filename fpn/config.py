@@ -1,0 +1,208 @@
+"""One typed config for every training run.
+
+``TrainConfig`` is built from the CLI (``python -m fpn pretrain|finetune``), from a YAML file
+(``--config``), or by the search in ``tune/`` — and flows unchanged into every Ray Train worker.
+The resolved config is logged to MLflow as the run's parameters and as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "LossConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "load_config",
+    "default_mlflow_uri",
+    "SSL_TARGETS",
+]
+
+SSL_TARGETS = ("inverted_faf", "faf", "slo")
+Target = Literal["mask", "inverted_faf", "faf", "slo"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the data is and how training crops are drawn from it."""
+
+    store: str = Field(description="store path or fsspec URL written by data_prep convert")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    target: Target = "mask"
+    ratio: float = Field(1.0, gt=0.0, le=1.0, description="fraction of training patients labelled")
+    subset_seed: int = 0
+    crop: tuple[int, int] = (32, 256)
+    multiplier: int = Field(20, ge=1, description="crops per volume per epoch")
+    augment: bool = True
+    noise_std: float = Field(0.0, ge=0.0, description="per-voxel Gaussian noise on the z-scored OCT")
+    loader_workers: int = Field(2, ge=0, le=16)
+    zscore_eps: float = 1e-6
+
+    @field_validator("store")
+    @classmethod
+    def _absolute_local_store(cls, v: str) -> str:
+        # Ray workers run in another working directory: a relative path would not resolve there.
+        return v if "://" in v else str(Path(v).expanduser().resolve())
+
+    @field_validator("crop")
+    @classmethod
+    def _positive_crop(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 1:
+            raise ValueError(f"crop must be positive, got {v}")
+        return v
+
+
+class ModelConfig(_Section):
+    """Which network and its constructor arguments (passed to ``fpn.models.create_model``)."""
+
+    name: str = "fpn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossConfig(_Section):
+    """Segmentation: ``dice_weight * softDice + bce_weight * BCE``; reconstruction:
+    ``-SSIM + l1_weight * L1``."""
+
+    dice_weight: float = Field(0.5, ge=0.0)
+    bce_weight: float = Field(0.5, ge=0.0)
+    ssim_window: int = Field(11, ge=3)
+    ssim_sigma: float = Field(1.5, gt=0.0)
+    l1_weight: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _some_segmentation_term(self) -> LossConfig:
+        if self.dice_weight + self.bce_weight <= 0:
+            raise ValueError("dice_weight + bce_weight must be > 0")
+        if self.ssim_window % 2 == 0:
+            raise ValueError(f"ssim_window must be odd, got {self.ssim_window}")
+        return self
+
+
+class OptimConfig(_Section):
+    """The reference's SGD by default; AdamW, cosine schedule and warm-up as options."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    schedule: Literal["none", "cosine"] = "none"
+    warmup_epochs: int = Field(0, ge=0)
+    pretrained_lr_scale: float = Field(
+        1.0, gt=0.0, le=1.0, description="lr factor for weights loaded from --init"
+    )
+    grad_clip: float | None = Field(None, gt=0.0)
+
+
+class TrainConfig(_Section):
+    """Everything one training run needs; one instance per run, shared by every worker."""
+
+    task: Literal["pretrain", "finetune"] = "finetune"
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    init: str | None = Field(None, description="checkpoint path, run dir or models:/NAME@ALIAS")
+    reinit_head: bool = False
+    keep_best: int = Field(5, ge=1)
+    run_name: str | None = None
+    workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    threads_per_worker: int | None = Field(None, ge=1)
+    max_failures: int = Field(1, ge=-1)
+    storage: str = "runs"
+    mlflow: str | None = None
+    experiment: str = "fpn"
+    amp: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
+    channels_last: bool = Field(True, description="channels_last_3d on GPU (ignored on CPU)")
+    overlay_every: int = Field(5, ge=0, description="log validation overlays every N epochs")
+    log_model: bool = True
+    tags: dict[str, str] = Field(default_factory=dict)
+    fail_at_epoch: int | None = Field(
+        None, ge=0, description="fault drill: one worker process dies once at this epoch, after "
+        "its training pass and before its checkpoint (tests and drills only)")
+
+    @model_validator(mode="after")
+    def _task_matches_target(self) -> TrainConfig:
+        if self.task == "pretrain" and self.data.target == "mask":
+            raise ValueError(f"pretraining needs an SSL target {SSL_TARGETS}, got 'mask'")
+        if self.task == "finetune" and self.data.target != "mask":
+            raise ValueError(f"fine-tuning trains on 'mask', got target {self.data.target!r}")
+        return self
+
+    @property
+    def is_ssl(self) -> bool:
+        return self.task == "pretrain"
+
+    def resolved_run_name(self) -> str:
+        if self.run_name:
+            return self.run_name
+        what = self.data.target if self.is_ssl else f"r{self.data.ratio:g}"
+        return f"{self.task}-{self.model.name}-{what}-s{self.seed}"
+
+    def tracking_uri(self) -> str:
+        return self.mlflow or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri()
+
+    def storage_path(self) -> str:
+        """Ray storage path, made absolute when local (Ray workers have another cwd)."""
+        if "://" in self.storage:
+            return self.storage
+        return str(Path(self.storage).expanduser().resolve())
+
+    def flat_params(self) -> dict[str, Any]:
+        """The config as flat ``section.key`` params for MLflow."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, obj: Any) -> None:
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = obj
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def default_mlflow_uri() -> str:
+    """A sqlite file in the working directory, as an absolute URI (workers have another cwd)."""
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config and apply dotted overrides (``{"optim.lr": 0.01}``)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read config: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: config must be a mapping, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    return TrainConfig.model_validate(raw)
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``dotted = "a.b"``, creating sections as needed."""
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value

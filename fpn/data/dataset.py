@@ -1,0 +1,148 @@
+"""PyTorch datasets over the store: random training crops and whole validation volumes.
+
+Both open the store lazily in the process that reads (a DataLoader worker, a Ray Train worker),
+so they pickle cheaply and every reader has its own handle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fpn.config import DataConfig
+from fpn.data.transforms import augment, bscan_stats, crop_window, target_from, zscore
+
+__all__ = ["CropDataset", "VolumeDataset", "stored_name", "select_visits"]
+
+
+def stored_name(target: str) -> str:
+    """The store array a target is read from (``inverted_faf`` is computed from ``faf``)."""
+    return "faf" if target == "inverted_faf" else target
+
+
+def select_visits(store: Any, target: str, splits: str | Sequence[str],
+                  patients: Sequence[str] | None = None) -> list[str]:
+    """Keys of the visits in ``splits`` that carry the target (optionally of given patients)."""
+    chosen = set(patients) if patients is not None else None
+    return [
+        v.key
+        for v in store.visits_for(splits=splits, require=stored_name(target))
+        if chosen is None or v.patient_id in chosen
+    ]
+
+
+@dataclass
+class _StoreHandle:
+    """Opens the store on first use in whichever process reads, and caches B-scan statistics."""
+
+    path: str
+    storage_options: dict[str, Any]
+    _store: Any = field(default=None, repr=False)
+    _stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "storage_options": self.storage_options,
+                "_store": None, "_stats": {}}
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from fpn.data.store import open_store
+
+            self._store = open_store(self.path, storage_options=self.storage_options)
+        return self._store
+
+    def stats(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        # z-score statistics are over whole B-scans, so crops and full-volume inference see the
+        # same normalisation; computed once per visit per process.
+        if key not in self._stats:
+            self._stats[key] = bscan_stats(self.store.read(key, "oct"))
+        return self._stats[key]
+
+
+class CropDataset(Dataset):
+    """``multiplier x len(keys)`` random crops per epoch.
+
+    Item ``i`` of epoch ``e`` is a crop of visit ``keys[i % len(keys)]`` drawn with the seed
+    ``(seed, e, i)``: the same on every run, different every epoch. Call :meth:`set_epoch`
+    before iterating (DataLoader workers must not be persistent, so they see the new epoch).
+
+    Returns ``(oct, target)``: ``(1, cs, D, cw)`` z-scored OCT and ``(1, cs, cw)`` target,
+    ``cs, cw = min(crop, volume)`` (every volume is cropped to the smallest common size, so that
+    crops batch).
+    """
+
+    def __init__(self, cfg: DataConfig, keys: Sequence[str], seed: int = 0):
+        if not keys:
+            raise ValueError(f"{cfg.store}: no visits with target {cfg.target!r} to train on")
+        self.cfg = cfg
+        self.keys = list(keys)
+        self.seed = seed
+        self.epoch = 0
+        self._handle = _StoreHandle(cfg.store, dict(cfg.storage_options))
+        shapes = [self._handle.store.visit(k).shape for k in self.keys]
+        self.crop = (
+            min(cfg.crop[0], *(s[0] for s in shapes)),
+            min(cfg.crop[1], *(s[2] for s in shapes)),
+        )
+        self.depth = shapes[0][1]
+        if any(s[1] != self.depth for s in shapes):
+            raise ValueError(f"{cfg.store}: volumes differ in depth {sorted({s[1] for s in shapes})}; "
+                             "convert them to one depth first")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.cfg.multiplier * len(self.keys)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        key = self.keys[index % len(self.keys)]
+        store = self._handle.store
+        info = store.visit(key)
+        ws, ww = crop_window((info.shape[0], info.shape[2]), self.crop, rng)
+        oct_crop = store.read(key, "oct", region=(ws, slice(None), ww))
+        mean, std = self._handle.stats(key)
+        oct_crop = zscore(oct_crop, mean[ws], std[ws], self.cfg.zscore_eps)
+        target = target_from(self.cfg.target,
+                             store.read(key, stored_name(self.cfg.target), region=(ws, ww)))
+        if self.cfg.augment:
+            oct_crop, target = augment(oct_crop, target, rng, noise_std=self.cfg.noise_std)
+        return torch.from_numpy(oct_crop)[None], torch.from_numpy(np.ascontiguousarray(target))[None]
+
+
+class VolumeDataset(Dataset):
+    """Whole volumes on their native grid, for validation, testing and prediction.
+
+    Returns ``(oct, target, key)``: ``(1, S, D, W)`` z-scored OCT, ``(1, S, W)`` target (zeros
+    when the visit has none), and the visit key.
+    """
+
+    def __init__(self, cfg: DataConfig, keys: Sequence[str], target: str | None = None):
+        self.cfg = cfg
+        self.keys = list(keys)
+        self.target = target or cfg.target
+        self._handle = _StoreHandle(cfg.store, dict(cfg.storage_options))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        key = self.keys[index]
+        store = self._handle.store
+        vol = store.read(key, "oct")
+        mean, std = bscan_stats(vol)
+        vol = zscore(vol, mean, std, self.cfg.zscore_eps)
+        info = store.visit(key)
+        name = stored_name(self.target)
+        if name in info.has:
+            target = target_from(self.target, store.read(key, name))
+        else:
+            target = np.zeros((vol.shape[0], vol.shape[2]), np.float32)
+        return torch.from_numpy(vol)[None], torch.from_numpy(target)[None], key

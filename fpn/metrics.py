@@ -1,0 +1,108 @@
+"""Per-visit metrics on the native en-face grid, and their accumulation across Ray workers.
+
+Pure functions (``dice``, ``hd95``, ``ssim``) wrap MONAI and torchmetrics; ``VisitMetrics``
+collects one record per visit, merges records from every worker and aggregates mean +/- std.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice, compute_hausdorff_distance
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from fpn.losses import ssim_window_for
+
+__all__ = ["dice", "hd95", "ssim", "VisitMetrics", "visit_record", "RECORD_META"]
+
+# fields of a per-visit record that describe the visit rather than measure it
+RECORD_META = frozenset({"visit", "patient_id", "eye", "day"})
+
+
+def _as_mask(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    return (t > 0.5).float().reshape(1, 1, *t.shape[-2:])
+
+
+def dice(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> float:
+    """Dice of two binary ``(S, W)`` masks; an empty prediction on an empty mask scores 1."""
+    return float(compute_dice(_as_mask(pred), _as_mask(target), include_background=True,
+                              ignore_empty=False).item())
+
+
+def hd95(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
+         spacing_sw: tuple[float, float] = (1.0, 1.0)) -> float:
+    """95th-percentile Hausdorff distance in mm between binary ``(S, W)`` masks.
+
+    NaN when either mask is empty (undefined), 0 when both are identical.
+    """
+    p, t = _as_mask(pred), _as_mask(target)
+    if p.sum() == 0 or t.sum() == 0:
+        return math.nan
+    return float(compute_hausdorff_distance(p, t, include_background=True, percentile=95,
+                                            spacing=list(spacing_sw)).item())
+
+
+def ssim(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
+         window: int = 11, sigma: float = 1.5) -> float:
+    """SSIM of two ``(S, W)`` images in ``[0, 1]`` (Gaussian window)."""
+    p = torch.as_tensor(np.asarray(pred, np.float32)).reshape(1, 1, *np.shape(pred)[-2:])
+    t = torch.as_tensor(np.asarray(target, np.float32)).reshape(1, 1, *np.shape(target)[-2:])
+    k = ssim_window_for(tuple(p.shape[-2:]), window)
+    return float(structural_similarity_index_measure(p, t, gaussian_kernel=True, sigma=sigma,
+                                                     kernel_size=k, data_range=1.0))
+
+
+def visit_record(key: str, prob: np.ndarray, target: np.ndarray, *, ssl: bool,
+                 spacing_sw: tuple[float, float] = (1.0, 1.0), threshold: float = 0.5) -> dict:
+    """The metrics of one visit from its probability map and target, both ``(S, W)``."""
+    if ssl:
+        return {"visit": key, "ssim": ssim(prob, target), "l1": float(np.abs(prob - target).mean())}
+    pred = (prob >= threshold).astype(np.uint8)
+    gt = (target >= 0.5).astype(np.uint8)
+    area = float(spacing_sw[0] * spacing_sw[1])
+    return {
+        "visit": key,
+        "dice": dice(pred, gt),
+        "hd95": hd95(pred, gt, spacing_sw),
+        "area_pred_mm2": float(pred.sum()) * area,
+        "area_true_mm2": float(gt.sum()) * area,
+    }
+
+
+@dataclass
+class VisitMetrics:
+    """Accumulates per-visit records (``update``), merges workers (``merge``), ``aggregate``s."""
+
+    records: list[dict] = field(default_factory=list)
+
+    def update(self, record: dict) -> None:
+        self.records.append(record)
+
+    def reset(self) -> None:
+        self.records.clear()
+
+    def merge(self, others: list[list[dict]]) -> None:
+        """Keep one record per visit from every worker's list (DDP samplers may repeat visits)."""
+        seen = {r["visit"]: r for part in others for r in part}
+        self.records = [seen[k] for k in sorted(seen)]
+
+    def aggregate(self) -> dict[str, float]:
+        """``{name}_mean``, ``{name}_std`` for every numeric metric; NaNs (undefined HD95) are
+        left out of the mean and counted in ``{name}_undefined``."""
+        out: dict[str, float] = {"visits": float(len(self.records))}
+        if not self.records:
+            return out
+        names = [k for k, v in self.records[0].items()
+                 if isinstance(v, (int, float)) and k not in RECORD_META]
+        for name in names:
+            vals = np.array([r[name] for r in self.records], dtype=float)
+            ok = vals[~np.isnan(vals)]
+            out[f"{name}_mean"] = float(ok.mean()) if ok.size else math.nan
+            out[f"{name}_std"] = float(ok.std()) if ok.size else math.nan
+            if ok.size < vals.size:
+                out[f"{name}_undefined"] = float(vals.size - ok.size)
+        return out

@@ -1,0 +1,30 @@
+"""Networks mapping an OCT volume ``(B, C, S, D, W)`` to en-face logits ``(B, K, S, W)``.
+
+``create_model(name, **kwargs)`` builds one of ``list_models()``: ``fpn`` (the proposed feature
+projection network), ``resensnet``, ``lachinov``, ``ipn``, ``ipnv2``. Every model exposes
+``head`` (its output conv), ``min_depth``/``max_depth`` and pads/crops internally so that the
+output lies on the input's en-face grid. See docs/models.md.
+"""
+
+from __future__ import annotations
+
+from fpn.models._registry import create_model, list_models, load_pretrained, reset_head
+from fpn.models.fpn import FPN
+#from fpn.models.ipn import IPN
+#from fpn.models.ipnv2 import IPNv2
+#from fpn.models.lachinov import Lachinov
+from fpn.models.projection import ProjectionBlock
+from fpn.models.resensnet import ReSensNet
+
+__all__ = [
+    "FPN",
+    "IPN",
+    "IPNv2",
+    "Lachinov",
+    "ProjectionBlock",
+    "ReSensNet",
+    "create_model",
+    "list_models",
+    "load_pretrained",
+    "reset_head",
+]

@@ -1,0 +1,234 @@
+"""Reusable building blocks shared by the networks in :mod:`fpn.models`.
+
+Layout convention: every 3D tensor is ``(B, C, S, D, W)`` (B-scan index, depth, A-scan index),
+the same order as the stored OCT volumes, so a model never permutes its input. "In-B-scan"
+kernels are ``(1, 3, 3)``, "across-B-scan" kernels ``(3, 1, 1)``, depth kernels ``(1, k, 1)``.
+2D (en-face) tensors are ``(B, C, S, W)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "NORMS",
+    "INITS",
+    "make_norm",
+    "check_choice",
+    "scale_channels",
+    "init_weights",
+    "pad_volume",
+    "EncoderUnitA",
+    "EncoderUnitB",
+    "DecoderUnit",
+    "Upsample2d",
+    "use_channels_last",
+]
+
+NormName = Literal["batch", "instance", "group"]
+NORMS: tuple[str, ...] = ("batch", "instance", "group")
+INITS: tuple[str, ...] = ("reference", "default")
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """Raise a ``ValueError`` naming the argument when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def scale_channels(channels: Sequence[int], width: float) -> tuple[int, ...]:
+    """Multiply a channel tuple by a width multiplier (rounded, at least 1 channel each).
+
+    Raises:
+        ValueError: on an empty tuple, a non-positive entry or a non-positive multiplier.
+    """
+    if len(channels) == 0 or any(int(c) != c or c < 1 for c in channels):
+        raise ValueError(f"channels must be positive integers, got {tuple(channels)!r}")
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width!r}")
+    return tuple(max(1, int(round(c * width))) for c in channels)
+
+
+def make_norm(norm: str, channels: int, dims: int) -> nn.Module:
+    """Normalisation layer factory.
+
+    Args:
+        norm: ``"batch"``, ``"instance"`` (affine) or ``"group"`` (up to 8 groups that divide
+            ``channels``).
+        channels: number of channels.
+        dims: 2 or 3, the spatial rank of the tensors it will see.
+    """
+    check_choice("norm", norm, NORMS)
+    if norm == "batch":
+        return nn.BatchNorm3d(channels) if dims == 3 else nn.BatchNorm2d(channels)
+    if norm == "instance":
+        cls = nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d
+        return cls(channels, affine=True)
+    return nn.GroupNorm(math.gcd(channels, 8), channels)
+
+
+def init_weights(module: nn.Module, scheme: str = "reference") -> None:
+    """Initialise a module tree in place.
+
+    ``"reference"``: Xavier-normal conv weights, zero biases, norm weights ~ N(1, 0.02) and zero
+    norm biases (the released FPN's scheme). ``"default"``: leave PyTorch's defaults.
+    """
+    check_choice("init", scheme, INITS)
+    if scheme == "default":
+        return
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm)):
+            if getattr(m, "weight", None) is not None:
+                nn.init.normal_(m.weight, 1.0, 0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+
+def use_channels_last(module: nn.Module) -> None:
+    """Store a module's 5D weights as ``channels_last_3d`` and 4D weights as ``channels_last``.
+
+    With input and weights in the same channels-last format, oneDNN (CPU) and cuDNN (GPU) skip
+    format conversions; on CPU the convolutions of these networks run 2-3x faster. Values are
+    unchanged; ``load_state_dict`` copies into these tensors and keeps their layout.
+    """
+    for param in module.parameters():
+        if param.ndim == 5:
+            param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+        elif param.ndim == 4:
+            param.data = param.data.contiguous(memory_format=torch.channels_last)
+
+
+def pad_volume(
+    x: torch.Tensor, s_multiple: int, d_target: int, w_multiple: int
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad ``(B, C, S, D, W)`` at the far end of S and W to multiples, and D up to ``d_target``.
+
+    Replicate padding, so padded borders look like tissue rather than a black frame.
+
+    Returns:
+        The padded tensor (the input itself when nothing is needed) and the original ``(S, W)``
+        to crop the en-face output back to.
+    """
+    s, d, w = x.shape[-3:]
+    pad_s = -s % s_multiple
+    pad_w = -w % w_multiple
+    pad_d = max(0, d_target - d)
+    if pad_s or pad_w or pad_d:
+        x = F.pad(x, (0, pad_w, 0, pad_d, 0, pad_s), mode="replicate")
+    return x, (s, w)
+
+
+def _conv3d(cin: int, cout: int, kernel: tuple[int, int, int], stride: int | tuple = 1) -> nn.Conv3d:
+    padding = tuple(k // 2 for k in kernel)
+    return nn.Conv3d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
+
+
+class EncoderUnitA(nn.Module):
+    """In-B-scan residual unit: conv(1,3,3)-N-ReLU-conv(1,3,3)-N + shortcut, ReLU.
+
+    The shortcut is a 1x1x1 conv + norm when the channel count changes, else identity.
+    Shape: ``(B, cin, S, D, W) -> (B, cout, S, D, W)``.
+    """
+
+    def __init__(self, cin: int, cout: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = _conv3d(cin, cout, (1, 3, 3))
+        self.norm1 = make_norm(norm, cout, 3)
+        self.conv2 = _conv3d(cout, cout, (1, 3, 3))
+        self.norm2 = make_norm(norm, cout, 3)
+        self.shortcut: nn.Module = (
+            nn.Sequential(_conv3d(cin, cout, (1, 1, 1)), make_norm(norm, cout, 3))
+            if cin != cout
+            else nn.Identity()
+        )
+        # A one-channel input is both "contiguous" and "channels_last", and convolutions then
+        # answer in the contiguous format; the owner sets this to keep the unit in its format.
+        self.output_format: torch.memory_format | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        shortcut = self.shortcut(x)
+        if self.output_format is not None:
+            y = y.contiguous(memory_format=self.output_format)
+            shortcut = shortcut.contiguous(memory_format=self.output_format)
+        y = F.relu(self.norm1(y), inplace=True)
+        y = self.norm2(self.conv2(y))
+        return F.relu(y + shortcut, inplace=True)
+
+
+class EncoderUnitB(nn.Module):
+    """Residual unit that also mixes neighbouring B-scans.
+
+    conv(1,3,3)-N-ReLU-conv(1,3,3)-N-ReLU-conv(3,1,1)-N + identity, ReLU.
+    Shape: ``(B, C, S, D, W) -> (B, C, S, D, W)``.
+    """
+
+    def __init__(self, channels: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = _conv3d(channels, channels, (1, 3, 3))
+        self.norm1 = make_norm(norm, channels, 3)
+        self.conv2 = _conv3d(channels, channels, (1, 3, 3))
+        self.norm2 = make_norm(norm, channels, 3)
+        self.conv3 = _conv3d(channels, channels, (3, 1, 1))
+        self.norm3 = make_norm(norm, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        y = F.relu(self.norm2(self.conv2(y)), inplace=True)
+        y = self.norm3(self.conv3(y))
+        return F.relu(y + x, inplace=True)
+
+
+class DecoderUnit(nn.Module):
+    """2D residual unit: conv3x3-N-ReLU-conv3x3-N + (1x1 conv + N) shortcut, ReLU.
+
+    Shape: ``(B, cin, S, W) -> (B, cout, S, W)``.
+    """
+
+    def __init__(self, cin: int, cout: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.norm1 = make_norm(norm, cout, 2)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.norm2 = make_norm(norm, cout, 2)
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), make_norm(norm, cout, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        y = self.norm2(self.conv2(y))
+        return F.relu(y + self.shortcut(x), inplace=True)
+
+
+class Upsample2d(nn.Module):
+    """En-face upsampling by integer factors ``(fs, fw)``: nearest neighbour or transposed conv.
+
+    ``"nearest"`` has no parameters; ``"transpose"`` is a ``ConvTranspose2d`` with kernel = stride
+    = factor (channels kept). Shape: ``(B, C, S, W) -> (B, C, S*fs, W*fw)``.
+    """
+
+    def __init__(self, channels: int, factor: tuple[int, int], mode: str) -> None:
+        super().__init__()
+        check_choice("upsample", mode, ("nearest", "transpose"))
+        self.factor = factor
+        self.mode = mode
+        self.transpose = (
+            nn.ConvTranspose2d(channels, channels, factor, stride=factor, bias=False)
+            if mode == "transpose"
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transpose is not None:
+            return self.transpose(x)
+        s, w = x.shape[-2:]
+        return F.interpolate(x, size=(s * self.factor[0], w * self.factor[1]), mode="nearest")

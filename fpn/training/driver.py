@@ -1,0 +1,198 @@
+"""The training driver: builds the TorchTrainer for one run, names it, tracks it, collects the k best.
+
+``run_training(cfg)`` is what ``python -m fpn pretrain|finetune`` calls and what a Tune trial
+calls (with the trial's name, so that a restarted trial resumes). Running it again with the same
+run name resumes the Ray Train run from its last checkpoint and continues the same MLflow run; a
+run that already finished is not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fpn.config import TrainConfig
+from fpn.data.splits import plan_visits
+from fpn.data.store import open_store
+from fpn.inference import MODEL_FILE, RUN_FILE, load_member_file, resolve_members
+from fpn.training.worker import score_name, train_fn_per_worker
+
+__all__ = ["run_training", "TrainingOutcome", "ensure_ray"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingOutcome:
+    """What a finished run left: where, which MLflow run, and the k best checkpoints."""
+
+    run_name: str
+    run_dir: str
+    mlflow_run_id: str
+    best_checkpoints: list[str]
+    best_scores: list[float]
+    score_name: str
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    train_patients: list[str] = field(default_factory=list)
+    model_uri: str | None = None
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
+                 extra_tags: dict[str, str] | None = None,
+                 ray_callbacks: list[Any] | None = None) -> TrainingOutcome:
+    """Train one network with Ray Train and track it in MLflow.
+
+    Args:
+        cfg: the whole run's config.
+        parent_run_id: MLflow parent (a search's per-ratio run) for nested runs.
+        extra_tags: more MLflow tags (trial id, study name, ...).
+        ray_callbacks: Ray Train ``UserCallback``s (the Tune bridge passes ``TuneReportCallback``).
+
+    Returns:
+        The outcome; its ``best_checkpoints`` feed :func:`fpn.inference.load_ensemble`.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.config import LoggingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fpn.tracking import RunLogger, client_for, ensure_experiment, find_or_create_run, git_revision
+
+    # Fail in the driver, with the store's name, before any worker starts.
+    store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
+    plan = plan_visits(store, cfg.data.target, cfg.data.ratio, cfg.data.subset_seed)
+    name = cfg.resolved_run_name()
+    storage = cfg.storage_path()
+    run_dir = Path(storage) / name if "://" not in storage else None
+    run_file = run_dir / RUN_FILE if run_dir else None
+    if run_file is not None and run_file.is_file():
+        done = json.loads(run_file.read_text())
+        if done.get("finished"):
+            log.info("%s: already finished; not training again", run_dir)
+            print(f"[fpn] run {name} already finished ({run_dir}); not training again", flush=True)
+            return TrainingOutcome(**{k: done[k] for k in TrainingOutcome.__dataclass_fields__
+                                      if k in done})
+
+    uri = cfg.tracking_uri()
+    client = client_for(uri)
+    exp_id = ensure_experiment(client, cfg.experiment, uri)
+    tags = {
+        "fpn.task": cfg.task, "fpn.model": cfg.model.name, "fpn.target": cfg.data.target,
+        "fpn.ratio": f"{cfg.data.ratio:g}", "fpn.store_fingerprint": store.fingerprint,
+        "fpn.store": cfg.data.store, "fpn.git_revision": git_revision(),
+        "fpn.patients_used": str(len(plan.train_patients)),
+        "fpn.train_visits": str(len(plan.train_keys)),
+        **cfg.tags, **(extra_tags or {}),
+    }
+    run_id, resumed = find_or_create_run(client, exp_id, name, tags, parent_run_id)
+    logger = RunLogger(uri, run_id)
+    if not resumed:
+        logger.log_params(cfg.flat_params())
+        logger.log_text(cfg.to_yaml(), "config.yaml")
+        logger.log_text("\n".join(plan.train_patients) + "\n", "train_patients.txt")
+    else:
+        print(f"[fpn] continuing MLflow run {run_id} ({name})", flush=True)
+
+    init_ref = None
+    if cfg.init:
+        # the best member only; resolved here so workers on other nodes need no registry access
+        member = resolve_members(cfg.init, uri, k=1)[0]
+        init_ref = ray.put(load_member_file(member))
+        logger.set_tags({"fpn.init": cfg.init})
+
+    ensure_ray()
+    use_gpu = cfg.gpus_per_worker > 0
+    resources = {"CPU": cfg.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = cfg.gpus_per_worker
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "tracking_uri": uri,
+            "mlflow_run_id": run_id,
+            "init_member": init_ref,
+            "run_dir": str(run_dir) if run_dir else "",
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_best,
+                                               checkpoint_score_attribute="val_score",
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=ray_callbacks or None,
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        logger.set_tags({"fpn.status": "failed"})
+        logger.finish("FAILED")
+        raise
+
+    ranked = sorted(((c, m) for c, m in (result.best_checkpoints or [])),
+                    key=lambda cm: cm[1].get("val_score", float("-inf")), reverse=True)
+    ranked = ranked[: cfg.keep_best]
+    outcome = TrainingOutcome(
+        run_name=name,
+        run_dir=str(run_dir) if run_dir else f"{storage}/{name}",
+        mlflow_run_id=run_id,
+        best_checkpoints=[c.path for c, _ in ranked],
+        best_scores=[float(m.get("val_score", float("nan"))) for _, m in ranked],
+        score_name=score_name(cfg),
+        last_metrics={k: float(v) for k, v in (result.metrics or {}).items()
+                      if isinstance(v, (int, float))},
+        train_patients=plan.train_patients,
+    )
+    _log_curves(logger, client, run_id)
+    if cfg.log_model and outcome.best_checkpoints:
+        from fpn.serving import log_ensemble_model
+
+        outcome.model_uri = log_ensemble_model(
+            uri, run_id, [Path(p) / MODEL_FILE for p in outcome.best_checkpoints],
+            shape=store.visit(plan.val_keys[0]).shape)
+    logger.set_tags({"fpn.best_score": f"{outcome.best_scores[0]:.4f}" if outcome.best_scores else "nan",
+                     "fpn.status": "finished"})
+    logger.finish("FINISHED")
+    if run_file is not None:
+        _write_json_atomic(run_file, {**asdict(outcome), "finished": True,
+                                      "config": cfg.model_dump(mode="json")})
+    return outcome
+
+
+def _log_curves(logger: Any, client: Any, run_id: str) -> None:
+    from fpn.training.overlays import save_learning_curves
+
+    keys = [k for k in client.get_run(run_id).data.metrics
+            if k in ("train/loss", "val/dice_mean", "val/ssim_mean", "val/hd95_mean")]
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys}
+    if history:
+        with tempfile.TemporaryDirectory() as tmp:
+            logger.log_file(save_learning_curves(Path(tmp) / "learning_curves.png", history))

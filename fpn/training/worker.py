@@ -1,0 +1,210 @@
+"""``train_fn_per_worker``: what every Ray Train worker runs.
+
+Each worker opens the store itself, reads its own shard of random crops (a DistributedSampler),
+trains a DDP replica, validates its shard of whole volumes, and all workers merge the per-visit
+metrics. Rank 0 writes the checkpoint (``model.pt``, an ensemble member, plus ``train_state.pt``)
+and logs the epoch to MLflow *after* Ray has persisted the checkpoint, so that a restart from the
+last checkpoint never logs an epoch twice; on a restart it back-fills any epoch the checkpoint
+holds that MLflow lacks.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from fpn.config import TrainConfig
+from fpn.data.dataset import CropDataset, VolumeDataset
+from fpn.data.splits import plan_visits
+from fpn.data.store import open_store
+from fpn.inference import MODEL_FILE, load_member_file, save_member
+from fpn.losses import build_loss
+from fpn.training.loop import build_optimizer, build_scheduler, train_epoch, validate
+
+__all__ = ["train_fn_per_worker", "STATE_FILE", "score_name"]
+
+STATE_FILE = "train_state.pt"
+
+
+def score_name(cfg: TrainConfig) -> str:
+    """The validation metric that ranks checkpoints: Dice, or SSIM when pretraining."""
+    return "val/ssim_mean" if cfg.is_ssl else "val/dice_mean"
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    if world == 1 or not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _fmt_eta(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``loop_config``: ``config`` (a TrainConfig dump), ``tracking_uri``,
+    ``mlflow_run_id``, ``init_member`` (a member file for fine-tuning, resolved by the driver),
+    ``run_dir`` (this run's storage folder, for the fault-drill marker)."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from fpn.models import create_model, load_pretrained
+    from fpn.tracking import RunLogger
+
+    cfg = TrainConfig.model_validate(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.threads_per_worker:
+        torch.set_num_threads(cfg.threads_per_worker)
+    _seed_everything(cfg.seed)  # same initial weights everywhere; DDP broadcasts rank 0's anyway
+    device = ray.train.torch.get_device()
+
+    store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
+    plan = plan_visits(store, cfg.data.target, cfg.data.ratio, cfg.data.subset_seed)
+    model = create_model(cfg.model.name, in_channels=1, out_channels=1, **cfg.model.kwargs)
+
+    # -- restore: a Ray checkpoint (restart / resumed run) wins over --init ----------------------
+    start_epoch, history, pretrained = 0, [], set()
+    train_state: dict[str, Any] | None = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            model.load_state_dict(load_member_file(Path(d) / MODEL_FILE)["state_dict"])
+            train_state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+        start_epoch = train_state["epoch"] + 1
+        history = train_state["history"]
+        pretrained = set(train_state["pretrained"])
+    elif loop_config.get("init_member") is not None:
+        init = loop_config["init_member"]  # an ObjectRef to a member payload, or a file path
+        payload = ray.get(init) if isinstance(init, ray.ObjectRef) else load_member_file(init)
+        pretrained = set(load_pretrained(model, payload["state_dict"], reinit_head=cfg.reinit_head))
+
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    opt = build_optimizer(model, cfg.optim, {f"{n}" for n in pretrained})
+    sched = build_scheduler(opt, cfg.optim, cfg.epochs)
+    if train_state is not None:
+        opt.load_state_dict(train_state["optimizer"])
+        sched.load_state_dict(train_state["scheduler"])
+        torch.set_rng_state(train_state["torch_rng"])
+    ddp_model = ray.train.torch.prepare_model(model)
+    net = ddp_model.module if hasattr(ddp_model, "module") else ddp_model
+
+    # -- data: this worker's shard of crops and of validation volumes ----------------------------
+    crops = CropDataset(cfg.data, plan.train_keys, seed=cfg.seed)
+    sampler = DistributedSampler(crops, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.data.loader_workers, persistent_workers=False,
+                        pin_memory=device.type == "cuda", drop_last=len(sampler) >= cfg.batch_size)
+    val_keys = plan.val_keys[rank::world]
+    val_loader = DataLoader(VolumeDataset(cfg.data, val_keys), batch_size=1,
+                            num_workers=min(1, cfg.data.loader_workers))
+    spacings = {k: (store.visit(k).spacing_mm[0], store.visit(k).spacing_mm[2]) for k in val_keys}
+    overlay_keys = val_keys[:2] if rank == 0 else []
+    loss_fn = build_loss(cfg.loss, cfg.is_ssl)
+    score_key = score_name(cfg)
+
+    logger = RunLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if rank == 0 else None
+    if logger is not None:
+        for past in history:  # back-fill what a crash between checkpoint and logging lost
+            logger.log_epoch(int(past["epoch"]), past, probe_key="train/loss")
+        if start_epoch:
+            print(f"[fpn] resumed from the checkpoint of epoch {start_epoch - 1}", flush=True)
+        print(f"[fpn] {cfg.task} {cfg.model.name} target={cfg.data.target} "
+              f"train visits={len(plan.train_keys)} patients={len(plan.train_patients)} "
+              f"val visits={len(plan.val_keys)} workers={world} device={device}", flush=True)
+
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        crops.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        tr = train_epoch(ddp_model, loader, loss_fn, opt, device, cfg)
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        val, probs = validate(net, val_loader, device, cfg, spacings, overlay_keys)
+        parts = _gather((val.records, tr), world)
+        val.merge([p[0] for p in parts])
+        agg = val.aggregate()
+        crops_total = sum(p[1]["crops"] for p in parts)
+        seconds = max(p[1]["seconds"] for p in parts)
+        metrics: dict[str, float] = {
+            "epoch": float(epoch),
+            "train/loss": float(np.mean([p[1]["loss"] for p in parts])),
+            "train/crops_per_s": crops_total / max(seconds, 1e-9),
+            "train/lr": lr,
+            **{f"val/{k}": v for k, v in agg.items()},
+        }
+        metrics["val_score"] = float(metrics.get(score_key, float("nan")))
+        history.append(metrics)
+
+        if cfg.fail_at_epoch == epoch and rank == world - 1:
+            marker = Path(loop_config["run_dir"]) / f".fault-drill-epoch{epoch}"
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text("the fault drill killed this worker once here\n")
+                print(f"[fpn] fault drill: worker {rank} dies at epoch {epoch}", flush=True)
+                os._exit(17)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                save_member(Path(tmp) / MODEL_FILE, net, model_name=cfg.model.name,
+                            model_kwargs={"in_channels": 1, "out_channels": 1, **cfg.model.kwargs},
+                            target=cfg.data.target, zscore_eps=cfg.data.zscore_eps,
+                            extra={"epoch": epoch, "val_score": metrics["val_score"]})
+                torch.save({"epoch": epoch, "history": history, "pretrained": sorted(pretrained),
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "torch_rng": torch.get_rng_state()}, Path(tmp) / STATE_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
+
+        if logger is not None:
+            logger.log_epoch(epoch, metrics, probe_key="train/loss")
+            if cfg.overlay_every and (epoch + 1) % cfg.overlay_every == 0 or epoch + 1 == cfg.epochs:
+                _log_overlays(logger, store, probs, cfg, epoch)
+            done = epoch + 1 - start_epoch
+            eta = (time.perf_counter() - t_start) / done * (cfg.epochs - epoch - 1)
+            val_txt = "  ".join(
+                f"{k[4:-5]} {metrics[k]:.3f}±{metrics.get(k[:-5] + '_std', 0):.3f}"
+                for k in metrics if k in ("val/dice_mean", "val/hd95_mean", "val/ssim_mean"))
+            print(f"[fpn] epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train/loss']:.4f}  "
+                  f"{val_txt}  {metrics['train/crops_per_s']:.1f} crops/s  "
+                  f"ETA {_fmt_eta(eta)}", flush=True)
+
+
+def _log_overlays(logger: Any, store: Any, probs: dict[str, np.ndarray], cfg: TrainConfig,
+                  epoch: int) -> None:
+    from fpn.data.dataset import stored_name
+    from fpn.data.transforms import target_from
+    from fpn.training.overlays import enface_projection, save_overlay
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, prob in probs.items():
+            info = store.visit(key)
+            name = stored_name(cfg.data.target)
+            target = target_from(cfg.data.target, store.read(key, name)) if name in info.has else None
+            out = save_overlay(Path(tmp) / f"epoch{epoch:03d}_{key}.png",
+                               enface_projection(store.read(key, "oct")), prob, target,
+                               ssl=cfg.is_ssl, title=f"{key}  epoch {epoch}",
+                               spacing_sw=(info.spacing_mm[0], info.spacing_mm[2]))
+            logger.log_file(out, "overlays")
