@@ -183,3 +183,183 @@ def copy_plain_weights(plain: PlainFPN, model: nn.Module) -> None:
             raise ValueError(f"{ks} {tuple(vs.shape)} does not fit {kd} {tuple(vd.shape)}")
         converted[kd] = vs
     model.load_state_dict(converted)
+
+
+# ------------------------------------------------------------------------------------ timing
+
+PLAIN = "plain-fpn"
+
+
+def build(name: str, device: str = "cpu", channels_last: bool = True) -> nn.Module:
+    """The yardstick (``"plain-fpn"``) or a registered model at its defaults."""
+    if name == PLAIN:
+        return PlainFPN().to(device)
+    return create_model(name, channels_last=channels_last).to(device)
+
+
+def time_train_step(
+    model: nn.Module,
+    batch: torch.Tensor,
+    *,
+    iters: int,
+    warmup: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    step_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[float]:
+    """Seconds per training step (zero_grad, forward, BCE loss, backward, SGD step), per iteration.
+
+    Args:
+        model: the network (train mode is set here).
+        batch: ``(B, C, S, D, W)`` input on the model's device.
+        iters: timed iterations; ``warmup`` untimed ones run first.
+        autocast_dtype: run forward and loss under ``torch.autocast`` with this dtype.
+        step_fn: what to call instead of ``model`` (e.g. a compiled model).
+    """
+    model.train()
+    forward = step_fn if step_fn is not None else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    device = batch.device
+    target = (torch.rand(batch.shape[0], 1, batch.shape[2], batch.shape[4], device=device) > 0.5).float()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for i in range(warmup + iters):
+        sync()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            logits = forward(batch)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+        loss.backward()
+        optimizer.step()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def _maxrss_mib() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    scale = 1 if platform.system() == "Darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _cpu_worker(name: str, batch: int, size: tuple[int, int, int], iters: int, threads: int) -> dict:
+    """One CPU measurement (runs in its own process so ru_maxrss starts fresh)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build(name)
+    x = torch.randn(batch, 1, *size)
+    before = _maxrss_mib()
+    times = time_train_step(model, x, iters=iters, warmup=1)
+    return {"model": name, "batch": batch, "size": list(size), "threads": threads,
+            "step_s": sorted(times)[len(times) // 2], "min_step_s": min(times),
+            "peak_rss_delta_mib": _maxrss_mib() - before}
+
+
+def run_cpu(names: list[str], batches: list[int], size: tuple[int, int, int], iters: int,
+            threads: int) -> list[dict]:
+    """CPU rows, one subprocess per (model, batch), models interleaved per batch."""
+    rows = []
+    for batch in batches:
+        for name in names:
+            cmd = [sys.executable, __file__, "--_worker", name, str(batch), *map(str, size),
+                   str(iters), str(threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                print(f"  {name} batch {batch}: failed: {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"  {name:10s} b={batch}  {r['min_step_s'] / batch * 1e3:9.1f} ms/crop  "
+                  f"rss +{r['peak_rss_delta_mib']:7.0f} MiB", flush=True)
+    return rows
+
+
+def run_gpu(names: list[str], batches: list[int], size: tuple[int, int, int], iters: int,
+            compile_models: bool) -> list[dict]:
+    """GPU rows: fp32, bf16 autocast, bf16 + channels_last_3d, and (optionally) + torch.compile."""
+    rows = []
+    variants = [("fp32", None, False, False), ("bf16", torch.bfloat16, False, False),
+                ("bf16+cl", torch.bfloat16, True, False)]
+    if compile_models:
+        variants.append(("bf16+cl+compile", torch.bfloat16, True, True))
+    for batch in batches:
+        x = torch.randn(batch, 1, *size, device="cuda")
+        for name in names:
+            for label, dtype, cl, comp in variants if name != PLAIN else variants[:1]:
+                torch.manual_seed(0)
+                model = build(name, "cuda", channels_last=cl)
+                step_fn = torch.compile(model) if comp else None
+                torch.cuda.reset_peak_memory_stats()
+                try:
+                    times = time_train_step(model, x, iters=iters, warmup=3 if comp else 1,
+                                            autocast_dtype=dtype, step_fn=step_fn)
+                except Exception as err:  # noqa: BLE001 - a failed variant is reported, not fatal
+                    print(f"  {name} {label} b={batch}: {type(err).__name__}: {err}"[:300])
+                    continue
+                step = sorted(times)[len(times) // 2]
+                rows.append({"model": name, "variant": label, "batch": batch, "step_s": step,
+                             "peak_mib": torch.cuda.max_memory_allocated() / 2**20})
+                print(f"  {name:10s} {label:16s} b={batch} {step / batch * 1e3:8.2f} ms/crop  "
+                      f"peak {rows[-1]['peak_mib']:8.0f} MiB", flush=True)
+                del model, step_fn
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _ratios(rows: list[dict], key: str) -> None:
+    base = {r["batch"]: r[key] for r in rows if r["model"] == PLAIN and r.get("variant", "fp32") == "fp32"}
+    for r in rows:
+        if r["batch"] in base:
+            r["speedup_vs_plain"] = base[r["batch"]] / r[key]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="16x64x128 crops, 2 iterations")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help=f"subset of {[PLAIN, *list_models()]} (default: all)")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile on GPU")
+    parser.add_argument("--json", type=Path, default=None, help="write the rows here")
+    parser.add_argument("--_worker", nargs=7, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._worker:
+        name, batch, s, d, w, iters, threads = args._worker
+        print(json.dumps(_cpu_worker(name, int(batch), (int(s), int(d), int(w)), int(iters), int(threads))))
+        return 0
+    names = args.models or [PLAIN, *list_models()]
+    unknown = set(names) - {PLAIN, *list_models()}
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {[PLAIN, *list_models()]}")
+    if PLAIN not in names:
+        names = [PLAIN, *names]
+    size = (16, 64, 128) if args.quick else (32, 128, 256)
+    iters = args.iters or (2 if args.quick else 4)
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"threads {args.threads}, crop {size}, iters {iters}")
+    print("CPU: best-of-N seconds per training step (the machine may be shared; medians are in "
+          "--json); memory = ru_maxrss rise during the steps, one fresh process per row")
+    report: dict = {"torch": torch.__version__, "size": size, "cpu": run_cpu(names, args.batches, size, iters, args.threads)}
+    _ratios(report["cpu"], "min_step_s")
+    if torch.cuda.is_available():
+        print(f"GPU: {torch.cuda.get_device_name()}")
+        report["gpu"] = run_gpu(names, args.batches, size, iters * 4, not args.no_compile)
+        _ratios(report["gpu"], "step_s")
+    for device in ("cpu", "gpu"):
+        for r in report.get(device, []):
+            step = r["min_step_s" if device == "cpu" else "step_s"]
+            print(f"{device} {r['model']:10s} {r.get('variant', 'fp32'):16s} b={r['batch']} "
+                  f"{step / r['batch'] * 1e3:9.1f} ms/crop  "
+                  f"x{r.get('speedup_vs_plain', float('nan')):5.2f} vs plain fp32 eager FPN")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -40,7 +40,7 @@ from data_prep.store_writer import (
 )
 from fpn.data.store import StoreError, is_local_location
 
-__all__ = ["ConvertStats", "convert", "patient_split", "parse_storage_options", "convert_main"]
+__all__ = ["ConvertStats", "convert", "convert_main", "parse_storage_options", "patient_split"]
 
 LAYOUTS = ("reference", "manifest")
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -212,7 +212,7 @@ def _run_tasks(
                 key, status, entry = convert_visit(visit, location, encoding, storage_options,
                                                    visit.key == fault_visit)
                 results[key] = (status, entry)
-            except Exception as exc:  # one bad visit must not stop the others
+            except Exception as exc:  # noqa: BLE001 -- one bad visit must not stop the others
                 failed[visit.key] = _error_message(exc)
             bar.update(1)
         bar.close()
@@ -241,7 +241,7 @@ def _run_tasks(
                 try:
                     _, status, entry = ray.get(ref)
                     results[key] = (status, entry)
-                except Exception as exc:  # RayTaskError wraps the task's own exception
+                except Exception as exc:  # noqa: BLE001 -- RayTaskError wraps any task error
                     failed[key] = _error_message(exc)
                 bar.update(1)
     finally:
@@ -270,7 +270,7 @@ def convert(
     out: str,
     *,
     layout: str = "reference",
-    encoding: Encoding = Encoding(),
+    encoding: Encoding | None = None,
     skip_invalid: bool = False,
     seed: int = 0,
     split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
@@ -285,7 +285,7 @@ def convert(
         src: source folder in ``layout``.
         out: store location (local path or fsspec URL).
         layout: ``reference`` or ``manifest``.
-        encoding: OCT storage dtype, chunking, compression level.
+        encoding: OCT storage dtype, chunking, compression level (default: ``Encoding()``).
         skip_invalid: convert the valid visits when validation finds problems, instead of refusing.
         seed, split_fractions: the seeded patient-level split used when the source has none.
         storage_options: fsspec options for ``out``.
@@ -303,6 +303,7 @@ def convert(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     patient_split([], [], seed, split_fractions)  # checks the fractions before any work
+    encoding = encoding or Encoding()
     stats = ConvertStats(location=str(out))
     visits, problems = validate_source(src, layout)
     stats.problems = list(problems)

@@ -18,7 +18,7 @@ import numpy as np
 from data_prep.convert import parse_storage_options
 from fpn.data.store import SPLIT_PARTS, Store, StoreError, is_local_location, open_store
 
-__all__ = ["draw_preview", "store_summary", "store_size_bytes", "preview_main", "summary_main"]
+__all__ = ["draw_preview", "preview_main", "store_size_bytes", "store_summary", "summary_main"]
 
 
 def _mask_runs(row: np.ndarray) -> list[tuple[int, int]]:

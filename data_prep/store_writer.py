@@ -40,19 +40,19 @@ from fpn.data.store import (
 )
 
 __all__ = [
-    "OCT_DTYPES",
     "DEFAULT_OCT_CHUNKS",
     "FAULT_ENV",
+    "OCT_DTYPES",
     "Encoding",
     "InjectedFault",
     "encode_oct",
+    "existing_visit",
     "hash_sources",
     "init_store",
-    "existing_visit",
-    "write_visit",
-    "write_index",
-    "store_fingerprint",
     "remove_unindexed",
+    "store_fingerprint",
+    "write_index",
+    "write_visit",
 ]
 
 OCT_DTYPES = ("float16", "float32", "uint8")
@@ -228,7 +228,7 @@ def init_store(location: str, storage_options: dict[str, Any] | None = None) -> 
     root = open_zarr_group(location, "a", storage_options)
     version = root.attrs.get("fpn_store_version")
     if version is None:
-        if any(True for _ in root.keys()) or root.attrs.get("visits") is not None:
+        if list(root.keys()) or root.attrs.get("visits") is not None:
             raise StoreError(f"{location}: a Zarr group that is not an fpn store; "
                              "refusing to write into it")
         root.attrs.update({"fpn_store_version": FORMAT_VERSION, "visits": {},
@@ -285,7 +285,7 @@ def write_visit(
     day: int,
     sources: dict[str, dict[str, str]] | None = None,
     source_sha256: str = "",
-    encoding: Encoding = Encoding(),
+    encoding: Encoding | None = None,
     storage_options: dict[str, Any] | None = None,
     fail_after_first_array: bool = False,
 ) -> dict[str, Any]:
@@ -299,7 +299,7 @@ def write_visit(
         patient_id, eye, day: identify the visit.
         sources: ``{role: {"path", "sha256"}}`` of the source files (from :func:`hash_sources`).
         source_sha256: the idempotency key of the sources.
-        encoding: storage dtype, chunking and compression level.
+        encoding: storage dtype, chunking and compression level (default: ``Encoding()``).
         storage_options: fsspec options for URL locations.
         fail_after_first_array: raise :class:`InjectedFault` after writing the OCT (tests).
 
@@ -309,6 +309,7 @@ def write_visit(
     Raises:
         DataError: the arrays are inconsistent (shape, NaN, spacing); nothing is left behind.
     """
+    encoding = encoding or Encoding()
     origin = (sources or {}).get("oct", {}).get("path", key)
     _check_arrays(key, arrays, origin)
     stored_oct, scale, offset = encode_oct(arrays.oct, encoding.oct_dtype)

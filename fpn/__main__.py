@@ -1,4 +1,4 @@
-"""``python -m fpn {pretrain, finetune, evaluate, predict}``: thin parsers over typed functions.
+"""``python -m fpn {pretrain, finetune, evaluate, predict, registry}``: thin parsers over typed functions.
 
 Training options map onto :class:`fpn.config.TrainConfig`; ``--config FILE`` gives the same
 options as YAML, and flags given on the command line override it.
@@ -166,11 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--input", help="one OCT file (any format data_prep reads)")
             p.add_argument("--out", required=True)
+    sub.add_parser("demo", help="the whole slice on synthetic data (python -m fpn demo -h)",
+                   add_help=False)
+    # everything after "registry" goes to fpn.registry's own parser (list, promote, rollback)
+    p = sub.add_parser("registry", help="list, promote (gated) and roll back registered models",
+                       add_help=False)
+    p.add_argument("registry_args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["registry"]:  # its own parser, so that `registry --help` and flags pass through
+        from fpn.registry import registry_main
+
+        return registry_main(argv[1:])
+    if argv[:1] == ["demo"]:
+        from fpn.demo import demo_main
+
+        return demo_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("pretrain", "finetune"):

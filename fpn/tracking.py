@@ -45,14 +45,15 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
     """The experiment id, creating it with an absolute artifact location for local stores.
 
     Ray Train workers run in another working directory, so a relative default (``./mlruns``)
-    would scatter artifacts; a file-based store gets ``<cwd>/mlartifacts``.
+    would scatter artifacts; a sqlite store keeps them in ``mlartifacts/`` beside its file.
     """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
-    if tracking_uri.startswith("sqlite:") or "://" not in tracking_uri:
-        location = Path("mlartifacts").resolve().as_uri()
+    if tracking_uri.startswith("sqlite:///"):
+        # beside the database file, so that a store in a temp dir keeps its artifacts there
+        location = (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 

@@ -16,7 +16,8 @@ def ray_local():
 
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # with the dashboard: it serves the state API that Ray Train polls
+        ray.init(num_cpus=2, log_to_driver=False)
         started = True
     yield ray
     if started:

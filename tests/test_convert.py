@@ -13,8 +13,8 @@ from PIL import Image
 from data_prep.__main__ import main as data_prep_main
 from data_prep.convert import convert, convert_main, patient_split
 from data_prep.preview import preview_main, summary_main
-from data_prep.store_writer import Encoding, write_visit
 from data_prep.sources import VisitArrays
+from data_prep.store_writer import Encoding, write_visit
 from fpn.data.store import open_store
 
 SHAPE = (8, 64, 32)  # (S, D, W)
@@ -22,7 +22,7 @@ SPACING = (0.12, 0.0039, 0.0113)
 
 
 def _visit_arrays(rng: np.random.Generator, labelled: bool) -> dict[str, np.ndarray]:
-    s, d, w = SHAPE
+    s, _, w = SHAPE
     arrays = {
         "oct": (rng.gamma(2.0, 40.0, size=SHAPE)).astype(np.float32),
         "faf": rng.integers(0, 256, size=(s, w), dtype=np.uint8),
@@ -134,7 +134,7 @@ def test_reference_layout_round_trip(source, tmp_path, ray_local, dtype, toleran
 
 def test_tensorstore_reads_the_same_values(source, tmp_path, ray_local):
     ts = pytest.importorskip("tensorstore")
-    root, expected = source
+    root, _ = source
     out = tmp_path / "store.zarr"
     assert convert(str(root), str(out), progress=False).ok  # float16, default chunks
     store = open_store(str(out))
@@ -296,3 +296,14 @@ def test_cli_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as excinfo:
         data_prep_main(["convert", "a", "b", "--storage-option", "novalue"])
     assert excinfo.value.code == 2
+
+
+def test_demo_runs_synth_convert_summary_and_is_idempotent(tmp_path, ray_local, capsys):
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--patients", "3", "--unlabelled", "1",
+            "--shape", "8", "64", "32", "--visits", "1"]
+    assert data_prep_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "writing a synthetic source" in printed and "fpn store v1" in printed
+    assert data_prep_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "already at" in printed and "store already complete" in printed

@@ -26,17 +26,17 @@ import numpy as np
 import zarr
 
 __all__ = [
-    "FORMAT_VERSION",
     "ARRAY_NAMES",
     "ENFACE_NAMES",
+    "FORMAT_VERSION",
     "SPLIT_PARTS",
+    "Store",
     "StoreError",
     "VisitInfo",
-    "Store",
-    "open_store",
-    "open_zarr_group",
     "is_local_location",
     "local_path",
+    "open_store",
+    "open_zarr_group",
 ]
 
 log = logging.getLogger(__name__)

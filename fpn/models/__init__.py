@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from fpn.models._registry import create_model, list_models, load_pretrained, reset_head
 from fpn.models.fpn import FPN
-#from fpn.models.ipn import IPN
-#from fpn.models.ipnv2 import IPNv2
-#from fpn.models.lachinov import Lachinov
+from fpn.models.ipn import IPN
+from fpn.models.ipnv2 import IPNv2
+from fpn.models.lachinov import Lachinov
 from fpn.models.projection import ProjectionBlock
 from fpn.models.resensnet import ReSensNet
 

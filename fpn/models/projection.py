@@ -11,21 +11,25 @@ A block takes one encoder level's features ``(B, C, S, D, W)`` and returns ``(B,
    (the final kernel already spans the whole depth, as in ReSensNet).
 
 The searchable family, as exposed by :class:`fpn.models.FPN` (measured parameter counts, one
-output channel; ``python -m fpn.models`` prints them):
+output channel; ``python -m fpn.models`` prints them; offsets: (3, 2, 1, 0, 0) and
+(5, 4, 3, 2, 1) depth convolutions per level):
 
-=================================================  ===========
-FPN variant                                         parameters
-=================================================  ===========
-reference (offset 0, kernel 3, mean, width 1)        4,369,553
-``reduction="max"``                                  4,369,553
-``reduction="attention"``                            4,370,049
-``depth_kernel=5``                                   5,046,417
-``depth_convs_offset=-1`` (3,2,1,0,0)                4,140,945
-``depth_convs_offset=+1`` (5,4,3,2,1)                4,858,001
-``upsample="transpose"``                             4,682,257
-``width=0.5``                                        1,094,409
-``norm="group"`` / ``"instance"``                    4,369,553
-=================================================  ===========
+=================================  ==========  =========
+FPN variant                        parameters  min_depth
+=================================  ==========  =========
+reference (offset 0, k 3, mean)     4,369,553         64
+``reduction="max"``                 4,369,553         64
+``reduction="attention"``           4,370,049         64
+``depth_kernel=5``                  4,426,897         64
+``depth_convs_offset=-1``           4,287,153         64
+``depth_convs_offset=+1``           4,698,481        128
+``upsample="transpose"``            4,707,473         64
+``width=0.5``                       1,094,857         64
+``norm="group"`` / ``"instance"``   4,369,553         64
+=================================  ==========  =========
+
+``reduction="attention"`` needs more than one depth position left after the final kernel to
+learn anything (at the minimum depth its softmax sees one position).
 """
 
 from __future__ import annotations

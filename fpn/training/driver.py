@@ -51,7 +51,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # the dashboard serves the state API that Ray Train polls; without it, endless warnings
+        ray.init(num_cpus=num_cpus, log_to_driver=True)
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:

@@ -50,7 +50,8 @@ def save_overlay(out: str | Path, projection: np.ndarray, prob: np.ndarray,
             ax.contour(target, levels=[0.5], colors="lime", linewidths=1)
         if prob.max() >= 0.5:
             ax.contour(prob, levels=[0.5], colors="red", linewidths=1)
-        ax.set_title("target (green), prediction (red)")
+        ax.set_title("target (green), prediction (red)" if target is not None
+                     else "prediction (red)")
         ax.axis("off")
     fig.suptitle(title)
     _savefig(fig, out)

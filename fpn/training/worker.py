@@ -10,6 +10,7 @@ holds that MLflow lacks.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -134,6 +135,14 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
               f"train visits={len(plan.train_keys)} patients={len(plan.train_patients)} "
               f"val visits={len(plan.val_keys)} workers={world} device={device}", flush=True)
 
+    if rank == 0 and loop_config.get("run_dir"):
+        # one line per (re)start: what a fault drill reads to count repeated epochs
+        attempts = Path(loop_config["run_dir"]) / "attempts.jsonl"
+        attempts.parent.mkdir(parents=True, exist_ok=True)
+        with attempts.open("a") as fh:
+            fh.write(json.dumps({"start_epoch": start_epoch, "time": time.time(),
+                                 "world_size": world}) + "\n")
+
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         crops.set_epoch(epoch)
@@ -162,6 +171,10 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
             if not marker.exists():
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text("the fault drill killed this worker once here\n")
+                # Ray Train's controller collects reports every couple of seconds; on toy-sized
+                # epochs a death within that window would also lose the previous report, which
+                # real epochs (minutes) never do. Wait it out so the drill tests the restart.
+                time.sleep(6.0)
                 print(f"[fpn] fault drill: worker {rank} dies at epoch {epoch}", flush=True)
                 os._exit(17)
 

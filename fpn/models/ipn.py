@@ -1,0 +1,139 @@
+"""IPN, the image projection network (Li et al., IEEE TMI 2020).
+
+Five projection learning modules (PLMs), each three 3x3x3 convs (64 channels, norm, ReLU) and a
+max-pool along depth only; the pools multiply to the (padded) depth so that depth reaches 1; no
+en-face downsampling, so the output grid is the input grid. A 3x3 conv ``head`` finishes (the
+published 3x3x3 head on a depth-1 map, without its taps that would only see padding).
+
+Depth is a constructor argument (``depth``, default 128): pools are derived from it (powers of
+two, spread from the first module on: [4, 4, 2, 2, 2] for 128, [4, 2, 2, 2, 2] for 64) and
+inputs up to their product (``max_depth``) are padded to it; deeper inputs are rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fpn.models._registry import register_model
+from fpn.models.blocks import (
+    check_choice,
+    init_weights,
+    make_norm,
+    pad_volume,
+    scale_channels,
+    use_channels_last,
+)
+
+__all__ = ["IPN", "ProjectionLearningModule", "depth_pools"]
+
+
+def depth_pools(depth: int, modules: int) -> tuple[int, ...]:
+    """Depth pooling factors, powers of two, whose product is the next power of two >= depth.
+
+    Factors of two are dealt round-robin from the first module, e.g. (128, 5) -> (4, 4, 2, 2, 2),
+    (128, 3) -> (8, 4, 4).
+    """
+    if int(depth) != depth or depth < 1 or modules < 1:
+        raise ValueError(f"depth and modules must be positive integers, got {depth!r}, {modules!r}")
+    exponent = (int(depth) - 1).bit_length()
+    return tuple(2 ** (exponent // modules + (i < exponent % modules)) for i in range(modules))
+
+
+class ProjectionLearningModule(nn.Module):
+    """``convs`` x (3x3x3 conv, norm, ReLU), then max-pool ``(1, pool, 1)`` along depth.
+
+    Shape: ``(B, cin, S, D, W) -> (B, cout, S, D / pool, W)``.
+    """
+
+    def __init__(self, cin: int, cout: int, pool: int, norm: str, convs: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(convs):
+            layers += [nn.Conv3d(cin if i == 0 else cout, cout, 3, padding=1, bias=False),
+                       make_norm(norm, cout, 3), nn.ReLU(inplace=True)]
+        self.convs = nn.Sequential(*layers)
+        self.pool = pool
+        # set by the owner when a one-channel input must not pull the module out of its format
+        self.output_format: torch.memory_format | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.convs):
+            x = layer(x)
+            if i == 0 and self.output_format is not None:
+                x = x.contiguous(memory_format=self.output_format)
+        return F.max_pool3d(x, (1, self.pool, 1)) if self.pool > 1 else x
+
+
+def check_io(model: nn.Module, x: torch.Tensor) -> None:
+    """Shared input check of the depth-bound models: (B, C_in, S, D, W) with D <= max_depth."""
+    name = type(model).__name__
+    if x.ndim != 5 or x.shape[1] != model.in_channels:
+        raise ValueError(f"{name} expects (B, {model.in_channels}, S, D, W), got {tuple(x.shape)}")
+    if x.shape[3] > model.max_depth:
+        raise ValueError(
+            f"{name} was built for depth <= {model.max_depth}, got {x.shape[3]}; "
+            f"construct it with depth={x.shape[3]}"
+        )
+
+
+@register_model("ipn")
+class IPN(nn.Module):
+    """IPN, ``(B, C_in, S, D, W) -> (B, C_out, S, W)`` logits, D <= ``max_depth`` (padded up).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        channels: channels per module: an int (all five) or a sequence (one per module).
+        width: channel width multiplier.
+        norm: ``"batch"``, ``"instance"`` or ``"group"``.
+        depth: the depth the pools are derived from (default 128).
+        init: ``"reference"`` or ``"default"``.
+        channels_last: run in ``channels_last_3d``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: int | Sequence[int] = 64,
+        width: float = 1.0,
+        norm: str = "batch",
+        depth: int = 128,
+        init: str = "reference",
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+        check_choice("norm", norm, ("batch", "instance", "group"))
+        chans = scale_channels((channels,) * 5 if isinstance(channels, int) else channels, width)
+        self.pools = depth_pools(depth, len(chans))
+        self.in_channels, self.out_channels, self.channels = in_channels, out_channels, chans
+        self.depth = int(depth)
+        self.min_depth: int = 1
+        self.max_depth: int = int(torch.tensor(self.pools).prod())
+        self.channels_last = channels_last
+        cins = (in_channels, *chans[:-1])
+        self.plms = nn.ModuleList(
+            ProjectionLearningModule(ci, co, p, norm) for ci, co, p in zip(cins, chans, self.pools)
+        )
+        self.head = nn.Conv2d(chans[-1], out_channels, 3, padding=1)
+        self.init_scheme = init
+        init_weights(self, init)
+        if channels_last:
+            use_channels_last(self)
+            self.plms[0].output_format = torch.channels_last_3d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, S, D, W) -> (B, C_out, S, W)``."""
+        check_io(self, x)
+        x, _ = pad_volume(x, 1, self.max_depth, 1)
+        fmt = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
+        for plm in self.plms:
+            x = plm(x)
+        return self.head(x.squeeze(3))

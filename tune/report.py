@@ -1,0 +1,207 @@
+"""What a search reports: the study summary and trial plot of each ratio, the results table.
+
+The table has the poster's format: one row per configuration (``FPN``, ``FPN (inverted_faf
+pretraining)``, ...), one column per labelled-data ratio, cells ``mean ± std`` of the test Dice
+in percent over test visits. It is built from every search parent run in the MLflow experiment,
+so that searches run one after the other (with and without pretraining) fill one table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TableRow",
+    "study_summary",
+    "plot_trials",
+    "collect_rows",
+    "table_markdown",
+    "table_csv",
+    "plot_table",
+    "PARENT_ROLE",
+    "model_card",
+]
+
+#: tag value of ``fpn.search_role`` on a search's per-ratio parent run
+PARENT_ROLE = "ratio"
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One cell of the table: a configuration at a ratio."""
+
+    configuration: str
+    ratio: float
+    dice_mean: float
+    dice_std: float
+    visits: int
+    study: str
+
+
+def study_summary(study: Any) -> str:
+    """Markdown: trial counts by state, the best value and its parameters."""
+    from collections import Counter
+
+    counts = Counter(t.state.name for t in study.trials)
+    lines = [f"# Study `{study.study_name}`", "",
+             "Trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())), ""]
+    try:
+        best = study.best_trial
+    except ValueError:
+        lines.append("No completed trial yet.")
+        return "\n".join(lines) + "\n"
+    lines += [f"Best trial: number {best.number}, validation Dice {best.value:.4f}", "",
+              "| parameter | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(best.params.items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot_trials(study: Any, path: str | Path) -> Path:
+    """Validation Dice of each finished trial against its number, and the best so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in study.trials if t.value is not None]
+    done.sort(key=lambda t: t.number)
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    if done:
+        xs = [t.number for t in done]
+        ys = [t.value for t in done]
+        best = [max(ys[: i + 1]) for i in range(len(ys))]
+        ax.plot(xs, ys, "o", label="trial (last reported)")
+        ax.step(xs, best, where="post", label="best so far")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("validation Dice")
+    ax.set_title(study.study_name, fontsize=9)
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def collect_rows(client: Any, experiment_id: str, task: str, model: str) -> list[TableRow]:
+    """The latest evaluated parent run of every (configuration, ratio) of ``task``/``model``."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(f"tags.`fpn.search_role` = '{PARENT_ROLE}' and tags.`fpn.search_task` = "
+                       f"'{task}' and tags.`fpn.model` = '{model}'"),
+        order_by=["attributes.start_time ASC"], max_results=1000)
+    cells: dict[tuple[str, float], TableRow] = {}
+    for run in runs:
+        m, t = run.data.metrics, run.data.tags
+        if "test/dice_mean" not in m:
+            continue
+        ratio = float(t.get("fpn.ratio", "nan"))
+        key = (t.get("fpn.configuration", "?"), ratio)
+        cells[key] = TableRow(key[0], ratio, m["test/dice_mean"], m.get("test/dice_std", math.nan),
+                              int(m.get("test/visits", 0)), t.get("fpn.study", ""))
+    return sorted(cells.values(), key=lambda r: (r.configuration, r.ratio))
+
+
+def _grid(rows: Sequence[TableRow]) -> tuple[list[str], list[float], dict[tuple[str, float], TableRow]]:
+    configs = list(dict.fromkeys(r.configuration for r in sorted(rows, key=lambda r: len(r.configuration))))
+    ratios = sorted({r.ratio for r in rows})
+    return configs, ratios, {(r.configuration, r.ratio): r for r in rows}
+
+
+def table_markdown(rows: Sequence[TableRow]) -> str:
+    """The poster's table: configurations x ratios, ``mean ± std`` test Dice in %."""
+    configs, ratios, cell = _grid(rows)
+    lines = ["| Method | " + " | ".join(f"{r:g}" for r in ratios) + " |",
+             "|---|" + "---|" * len(ratios)]
+    for c in configs:
+        vals = []
+        for r in ratios:
+            row = cell.get((c, r))
+            vals.append("" if row is None else
+                        f"{100 * row.dice_mean:.2f} ± {100 * row.dice_std:.2f}")
+        lines.append(f"| {c} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(rows: Sequence[TableRow]) -> str:
+    """One line per cell: configuration, ratio, dice_mean, dice_std (fractions), visits, study."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["configuration", "ratio", "dice_mean", "dice_std", "test_visits", "study"])
+    for r in rows:
+        w.writerow([r.configuration, f"{r.ratio:g}", f"{r.dice_mean:.6f}", f"{r.dice_std:.6f}",
+                    r.visits, r.study])
+    return buf.getvalue()
+
+
+def plot_table(rows: Sequence[TableRow], path: str | Path) -> Path:
+    """Test Dice (mean ± std) against the labelled-data ratio, one line per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs, ratios, cell = _grid(rows)
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    for c in configs:
+        pts = [cell[(c, r)] for r in ratios if (c, r) in cell]
+        ax.errorbar([p.ratio for p in pts], [100 * p.dice_mean for p in pts],
+                    yerr=[100 * p.dice_std for p in pts], marker="o", capsize=3, label=c)
+    ax.set_xscale("log")
+    ax.set_xticks(ratios)
+    ax.set_xticklabels([f"{r:g}" for r in ratios])
+    ax.set_xlabel("fraction of labelled training patients")
+    ax.set_ylabel("test Dice (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def model_card(*, name: str, store: Any, tags: dict[str, str], config: dict[str, Any],
+               train_patients: Sequence[str], test: dict[str, Any], study_url: str) -> str:
+    """The Markdown model card of a registered version: what data and recipe produced it."""
+    import yaml
+
+    data = config.get("data", {})
+    lines = [
+        f"# {name}: en-face segmentation ensemble",
+        "",
+        "Input: one OCT volume `(S, D, W)` (B-scans, depth, A-scans; raw intensities) or a batch "
+        "`(B, S, D, W)`. Output: the en-face probability map `(S, W)` / `(B, S, W)`, the mean of "
+        f"the {config.get('keep_best', 'k')} best checkpoints' sigmoid outputs; "
+        "threshold at 0.5 for the mask.",
+        "",
+        "## Data",
+        f"- store: `{store.location}` (fingerprint `{store.fingerprint}`)",
+        f"- labelled-data ratio {tags.get('ratio')}: {len(train_patients)} training patient(s) "
+        f"(subset seed {data.get('subset_seed', '?')})",
+        f"- test split `{tags.get('test_split')}`: {int(float(test.get('visits', 0)))} visit(s), "
+        f"keys sha `{tags.get('test_keys_sha')}`",
+        "",
+        "## Results",
+        f"- validation Dice (best checkpoint): {float(tags.get('val_dice', 'nan')):.4f}",
+        f"- test Dice: {float(tags.get('test_dice', 'nan')):.4f} ± "
+        f"{float(tags.get('test_dice_std', 'nan')):.4f} (mean ± std over test visits)",
+        "",
+        "## Recipe",
+        f"- self-supervised pretraining: {tags.get('ssl')}"
+        + (f" (from `{config.get('init')}`)" if config.get("init") else ""),
+        f"- search: Optuna study `{tags.get('study')}` in `{study_url}`, trial `{tags.get('trial')}`",
+        f"- MLflow run `{tags.get('mlflow_run_id')}`, git revision `{tags.get('git_revision')}`",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

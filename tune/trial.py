@@ -1,0 +1,76 @@
+"""The Tune function trainable: one trial = one Ray Train run of :func:`fpn.training.driver.run_training`.
+
+Ray Train V2 cannot run as ``Tuner(TorchTrainer)``; instead each trial's function builds the
+:class:`fpn.config.TrainConfig` from the sampled parameters and launches the TorchTrainer itself.
+Train workers report every epoch; :class:`TuneReportCallback` forwards those reports to Tune (so
+that ASHA sees validation Dice per epoch). The Train run is named after the study and the trial
+id: a trial restarted after a kill resumes its Train run and its MLflow run instead of starting
+over, and a trial whose run already finished only reports its final metrics again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["train_trial", "trial_run_name", "trial_train_config", "TRIAL_STORAGE_DIR"]
+
+#: sub-folder of the search's storage holding the trials' Ray Train runs
+TRIAL_STORAGE_DIR = "trials"
+
+
+def trial_run_name(study: str, trial_id: str) -> str:
+    """The Train and MLflow run name of a trial: stable across restarts of the trial."""
+    return f"{study}-{trial_id}"
+
+
+def trial_train_config(base: dict[str, Any], params: dict[str, Any], run_name: str) -> Any:
+    """``base`` (a TrainConfig dump) with the trial's dotted ``params`` applied."""
+    from fpn.config import TrainConfig, set_dotted
+
+    tree = copy.deepcopy(base)
+    for dotted, value in params.items():
+        set_dotted(tree, dotted, value)
+    tree["run_name"] = run_name
+    return TrainConfig.model_validate(tree)
+
+
+def _finished_run(cfg: Any) -> bool:
+    from fpn.inference import RUN_FILE
+
+    storage = cfg.storage_path()
+    if "://" in storage:
+        return False
+    path = Path(storage) / cfg.resolved_run_name() / RUN_FILE
+    try:
+        return bool(path.is_file() and json.loads(path.read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
+def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """Tune function trainable.
+
+    Args:
+        config: the trial's sampled parameters, dotted TrainConfig keys (from OptunaSearch).
+        context: ``base`` (TrainConfig dump), ``study``, ``parent_run_id``, ``tags``
+            (bound with ``tune.with_parameters``).
+    """
+    import ray.tune as tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from fpn.training.driver import run_training
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_train_config(context["base"], config, trial_run_name(context["study"], trial_id))
+    tags = {**context.get("tags", {}), "fpn.trial_id": trial_id, "fpn.study": context["study"],
+            "fpn.trial_params": json.dumps(config, sort_keys=True, default=str)}
+    already = _finished_run(cfg)
+    outcome = run_training(cfg, parent_run_id=context["parent_run_id"], extra_tags=tags,
+                           ray_callbacks=None if already else [TuneReportCallback()])
+    if already:
+        # the trial finished before a kill but Tune had not recorded it: give Tune its result
+        best = max(outcome.best_scores) if outcome.best_scores else float("nan")
+        tune.report({**outcome.last_metrics, "val_score": best})
