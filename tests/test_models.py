@@ -126,6 +126,8 @@ def test_fpn_parameter_count_matches_the_reference_design() -> None:
     ],
 )
 def test_every_parameter_receives_a_gradient(name: str, kwargs: dict) -> None:
+    if name in ("fpn", "resensnet"):
+        kwargs = {"width": 1 / 4, **kwargs}  # one-channel levels die too easily by chance
     model = _small(name, **kwargs).train()
     # at depth 64 the attention softmax sees a single position (constant weight, no gradient)
     depth = 128 if kwargs.get("reduction") == "attention" else 64

@@ -24,6 +24,7 @@ __all__ = [
     "scale_channels",
     "init_weights",
     "pad_volume",
+    "SingleChannelConv3d",
     "EncoderUnitA",
     "EncoderUnitB",
     "DecoderUnit",
@@ -133,6 +134,34 @@ def _conv3d(cin: int, cout: int, kernel: tuple[int, int, int], stride: int | tup
     return nn.Conv3d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
 
 
+class SingleChannelConv3d(nn.Conv3d):
+    """Bias-free ``(1, kd, kw)`` conv of a one-channel volume, answered in ``channels_last_3d``.
+
+    A one-channel input is both "contiguous" and "channels_last", so ``conv3d`` answers in the
+    contiguous format (through a slow path on CPU) and the network then pays a format copy
+    forwards and backwards at full resolution. Here the ``kd*kw`` shifted views of the input are
+    stacked last and multiplied by the weight matrix, which writes (B, S, D, W, C) memory
+    directly. Same parameters (and state-dict entry) as the ``nn.Conv3d`` it replaces.
+    Shape: ``(B, 1, S, D, W) -> (B, cout, S, D, W)``.
+    """
+
+    def __init__(self, cout: int, kernel: tuple[int, int, int]) -> None:
+        if kernel[0] != 1 or kernel[1] % 2 == 0 or kernel[2] % 2 == 0:
+            raise ValueError(f"kernel must be (1, odd, odd), got {kernel}")
+        super().__init__(1, cout, kernel, padding=(0, kernel[1] // 2, kernel[2] // 2), bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kd, kw = self.kernel_size[1:]
+        depth, width = x.shape[-2:]
+        volume = x[:, 0]
+        if kd > 1 or kw > 1:
+            volume = F.pad(volume, (kw // 2, kw // 2, kd // 2, kd // 2))
+        taps = [volume[..., i:i + depth, j:j + width] for i in range(kd) for j in range(kw)]
+        columns = torch.stack(taps, dim=-1) if len(taps) > 1 else volume.unsqueeze(-1)
+        out = columns @ self.weight.reshape(self.out_channels, -1).t().to(columns.dtype)
+        return out.permute(0, 4, 1, 2, 3)  # (B, S, D, W, C) memory = channels_last_3d
+
+
 class EncoderUnitA(nn.Module):
     """In-B-scan residual unit: conv(1,3,3)-N-ReLU-conv(1,3,3)-N + shortcut, ReLU.
 
@@ -140,28 +169,22 @@ class EncoderUnitA(nn.Module):
     Shape: ``(B, cin, S, D, W) -> (B, cout, S, D, W)``.
     """
 
-    def __init__(self, cin: int, cout: int, norm: str) -> None:
+    def __init__(self, cin: int, cout: int, norm: str, *, channels_last: bool = False) -> None:
         super().__init__()
-        self.conv1 = _conv3d(cin, cout, (1, 3, 3))
+        # a one-channel input would pull a channels-last network into the contiguous format
+        direct = channels_last and cin == 1
+        self.conv1 = SingleChannelConv3d(cout, (1, 3, 3)) if direct else _conv3d(cin, cout, (1, 3, 3))
         self.norm1 = make_norm(norm, cout, 3)
         self.conv2 = _conv3d(cout, cout, (1, 3, 3))
         self.norm2 = make_norm(norm, cout, 3)
+        projection = SingleChannelConv3d(cout, (1, 1, 1)) if direct else _conv3d(cin, cout, (1, 1, 1))
         self.shortcut: nn.Module = (
-            nn.Sequential(_conv3d(cin, cout, (1, 1, 1)), make_norm(norm, cout, 3))
-            if cin != cout
-            else nn.Identity()
+            nn.Sequential(projection, make_norm(norm, cout, 3)) if cin != cout else nn.Identity()
         )
-        # A one-channel input is both "contiguous" and "channels_last", and convolutions then
-        # answer in the contiguous format; the owner sets this to keep the unit in its format.
-        self.output_format: torch.memory_format | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv1(x)
         shortcut = self.shortcut(x)
-        if self.output_format is not None:
-            y = y.contiguous(memory_format=self.output_format)
-            shortcut = shortcut.contiguous(memory_format=self.output_format)
-        y = F.relu(self.norm1(y), inplace=True)
+        y = F.relu(self.norm1(self.conv1(x)), inplace=True)
         y = self.norm2(self.conv2(y))
         return F.relu(y + shortcut, inplace=True)
 

@@ -104,7 +104,9 @@ class FPN(nn.Module):
         self.projections = nn.ModuleList()
         cin = in_channels
         for c, n, k in zip(chans, n_convs, final_kernels):
-            self.encoder.append(nn.Sequential(EncoderUnitA(cin, c, norm), EncoderUnitB(c, norm)))
+            self.encoder.append(nn.Sequential(
+                EncoderUnitA(cin, c, norm, channels_last=channels_last), EncoderUnitB(c, norm)
+            ))
             self.projections.append(
                 ProjectionBlock(c, n, depth_kernel=depth_kernel, final_kernel=k,
                                 reduction=reduction, norm=norm)
@@ -122,7 +124,6 @@ class FPN(nn.Module):
         init_weights(self, init)
         if channels_last:
             use_channels_last(self)
-            self.encoder[0][0].output_format = torch.channels_last_3d
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_channels:
