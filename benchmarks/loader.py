@@ -54,7 +54,7 @@ def main() -> None:
             ds._handle.stats(k)
         t0 = time.perf_counter()
         for i in range(args.crops):
-            x, y = ds[i]
+            x, _ = ds[i]
         loader_s = (time.perf_counter() - t0) / args.crops
 
         model = create_model("fpn", width=args.width)

@@ -15,14 +15,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "SSL_TARGETS",
     "DataConfig",
-    "ModelConfig",
     "LossConfig",
+    "ModelConfig",
     "OptimConfig",
     "TrainConfig",
-    "load_config",
     "default_mlflow_uri",
-    "SSL_TARGETS",
+    "load_config",
 ]
 
 SSL_TARGETS = ("inverted_faf", "faf", "slo")

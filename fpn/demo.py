@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fpn.config import TrainConfig
 
-__all__ = ["demo_main", "demo_config"]
+__all__ = ["demo_config", "demo_main"]
 
 
 def demo_config(store: str, out: Path, task: str, **over) -> TrainConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from fpn.data.transforms import target_from
 from fpn.inference import RUN_FILE, Ensemble, load_ensemble
 from fpn.metrics import VisitMetrics, visit_record
 
-__all__ = ["evaluate", "predict", "evaluate_ensemble", "AREAS_COLUMNS"]
+__all__ = ["AREAS_COLUMNS", "evaluate", "evaluate_ensemble", "predict"]
 
 AREAS_COLUMNS = ["visit", "patient_id", "eye", "day", "mask_png", "area_mm2"]
 
@@ -118,6 +119,11 @@ def evaluate(model_ref: str, store_path: str, *, split: str = "test", out: str |
     return summary
 
 
+def _save_npy(tmp: Path, array: np.ndarray) -> None:
+    with tmp.open("wb") as fh:  # a file object: np.save would append ".npy" to the tmp name
+        np.save(fh, array)
+
+
 def _save_png(path: Path, array: np.ndarray) -> None:
     from PIL import Image
 
@@ -165,7 +171,7 @@ def predict(model_ref: str, *, out: str, store: str | None = None, split: str = 
         mask = (prob >= threshold).astype(np.uint8)
         mask_png = out_dir / f"{key}_mask.png"
         _save_png(mask_png, mask * 255)
-        _atomic_write(out_dir / f"{key}_prob.npy", lambda tmp: np.save(open(tmp, "wb"), prob))
+        _atomic_write(out_dir / f"{key}_prob.npy", partial(_save_npy, array=prob))
         save_overlay(out_dir / f"{key}_overlay.png", enface_projection(vol), prob, None,
                      ssl=False, title=key, spacing_sw=(spacing[0], spacing[2]))
         rows.append({"visit": key, "patient_id": meta.get("patient_id", ""),

@@ -5,6 +5,12 @@ A trained model is one or more *members*: ``model.pt`` files written by the trai
 tensors and builtins, loaded with ``weights_only=True``). :func:`resolve_members` finds them from
 a checkpoint file or directory, a training run directory (its ``fpn_run.json`` lists the k best),
 or a registered MLflow model (``models:/NAME@ALIAS``, whose artifacts hold the same files).
+
+Run directories and checkpoints may live in an object store (``s3://bucket/runs/<run>``, any
+fsspec URL): the member files are then downloaded to a temporary folder. The small
+``*_location`` helpers read and write a run directory's own files (``fpn_run.json``,
+``attempts.jsonl``) on a local path or an fsspec URL alike; S3-compatible endpoints (MinIO, moto)
+come from ``AWS_ENDPOINT_URL``, which boto3, s3fs and pyarrow all honour.
 """
 
 from __future__ import annotations
@@ -24,11 +30,17 @@ from fpn.data.transforms import bscan_stats, zscore
 __all__ = [
     "MODEL_FILE",
     "RUN_FILE",
-    "save_member",
+    "Ensemble",
+    "append_location_line",
+    "is_remote",
+    "join_location",
+    "load_ensemble",
+    "location_exists",
+    "read_location_text",
+    "write_location_text",
     "load_member_file",
     "resolve_members",
-    "Ensemble",
-    "load_ensemble",
+    "save_member",
 ]
 
 MODEL_FILE = "model.pt"
@@ -76,8 +88,131 @@ def _members_in_dir(d: Path) -> list[Path]:
     return members
 
 
+# -- run-directory files on a local path or an fsspec URL -------------------------------------------
+def is_remote(location: str) -> bool:
+    """True for an fsspec URL other than ``file://`` (``s3://``, ``gs://``, ``memory://``, ...)."""
+    return "://" in str(location) and not str(location).startswith("file://")
+
+
+def _local(location: str) -> Path:
+    location = str(location)
+    return Path(location[len("file://"):] if location.startswith("file://") else location)
+
+
+def join_location(base: str, *parts: str) -> str:
+    """``base/part/...`` for a path or a URL (URLs always join with ``/``)."""
+    if is_remote(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(_local(base).joinpath(*parts))
+
+
+def _fs(location: str) -> tuple[Any, str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(location)
+    # another process (a Ray worker, a re-run) may have written here since fsspec cached a listing
+    fs.invalidate_cache()
+    return fs, path
+
+
+def location_exists(location: str) -> bool:
+    """Whether a file exists at a local path or an fsspec URL."""
+    if not is_remote(location):
+        return _local(location).is_file()
+    fs, path = _fs(location)
+    return bool(fs.isfile(path))
+
+
+def read_location_text(location: str) -> str | None:
+    """The text of a file at a path or URL, or None when it does not exist."""
+    if not is_remote(location):
+        p = _local(location)
+        return p.read_text() if p.is_file() else None
+    fs, path = _fs(location)
+    try:
+        return fs.cat_file(path).decode()
+    except FileNotFoundError:
+        return None
+
+
+def write_location_text(location: str, text: str) -> None:
+    """Write a whole file: locally to a temporary name then renamed; on an object store in one
+    PUT, which the store makes visible whole or not at all."""
+    if not is_remote(location):
+        p = _local(location)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, p)
+        return
+    fs, path = _fs(location)
+    fs.pipe_file(path, text.encode())
+
+
+def append_location_line(location: str, line: str) -> None:
+    """Append one line. Object stores cannot append, so there the file is read and rewritten:
+    fine for the single writer (rank 0) of a small log such as ``attempts.jsonl``."""
+    line = line.rstrip("\n") + "\n"
+    if not is_remote(location):
+        p = _local(location)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with p.open("a") as fh:
+            fh.write(line)
+        return
+    write_location_text(location, (read_location_text(location) or "") + line)
+
+
+def _download_members(ref: str, remote: list[str]) -> list[Path]:
+    """Download remote member files to a fresh temporary folder, one sub-folder each."""
+    import fsspec
+
+    dst = Path(tempfile.mkdtemp(prefix="fpn-model-"))
+    local: list[Path] = []
+    for i, url in enumerate(remote):
+        fs, path = _fs(url)
+        if not fs.isfile(path):
+            raise ValueError(f"{ref}: member file missing: {url}")
+        parent = path.rstrip("/").split("/")[-2] if "/" in path.rstrip("/") else "member"
+        out = dst / f"{i:02d}-{parent}" / MODEL_FILE
+        out.parent.mkdir(parents=True)
+        with fsspec.open(url, "rb") as src, out.open("wb") as fh:
+            fh.write(src.read())
+        local.append(out)
+    return local
+
+
+def _remote_members(ref: str, k: int | None) -> list[Path]:
+    fs, path = _fs(ref)
+    scheme = ref.split("://", 1)[0]
+    path = path.rstrip("/")
+    if fs.isfile(path):
+        remote = [ref]
+    elif fs.isfile(f"{path}/{RUN_FILE}"):
+        info = json.loads(fs.cat_file(f"{path}/{RUN_FILE}"))
+        remote = [join_location(c, MODEL_FILE) for c in info.get("best_checkpoints", [])]
+        if not remote:
+            raise ValueError(f"{ref}/{RUN_FILE}: the run has no checkpoints yet")
+    elif fs.isfile(f"{path}/{MODEL_FILE}"):
+        remote = [join_location(ref, MODEL_FILE)]
+    else:
+        found = sorted(fs.glob(f"{path}/members/*/{MODEL_FILE}")) or sorted(
+            fs.glob(f"{path}/*/{MODEL_FILE}"))
+        if not found:
+            if not fs.exists(path):
+                raise ValueError(f"{ref}: no such checkpoint, run directory or model file")
+            raise ValueError(f"{ref}: no {MODEL_FILE} or {RUN_FILE} found")
+        remote = [f"{scheme}://{p}" for p in found]
+    return _download_members(ref, remote[:k] if k else remote)
+
+
 def resolve_members(ref: str, tracking_uri: str | None = None, k: int | None = None) -> list[Path]:
-    """Paths of the member files behind ``ref`` (file, checkpoint dir, run dir, ``models:/``)."""
+    """Paths of the member files behind ``ref`` (file, checkpoint dir, run dir, ``models:/``).
+
+    ``ref`` may be an fsspec URL (``s3://bucket/runs/<run>``): its members are downloaded to a
+    temporary folder and the local copies returned.
+    """
+    if is_remote(ref) and not ref.startswith(("models:/", "runs:/")):
+        return _remote_members(ref, k)
     if ref.startswith(("models:/", "runs:/")):
         import mlflow
 

@@ -17,7 +17,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from fpn.config import LossConfig
 
-__all__ = ["SegmentationLoss", "ReconstructionLoss", "build_loss", "ssim_window_for"]
+__all__ = ["ReconstructionLoss", "SegmentationLoss", "build_loss", "ssim_window_for"]
 
 
 class SegmentationLoss(nn.Module):

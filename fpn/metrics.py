@@ -16,7 +16,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from fpn.losses import ssim_window_for
 
-__all__ = ["dice", "hd95", "ssim", "VisitMetrics", "visit_record", "RECORD_META"]
+__all__ = ["RECORD_META", "VisitMetrics", "dice", "hd95", "ssim", "visit_record"]
 
 # fields of a per-visit record that describe the visit rather than measure it
 RECORD_META = frozenset({"visit", "patient_id", "eye", "day"})

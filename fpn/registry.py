@@ -164,7 +164,7 @@ def _version(client: Any, name: str, version: str | None) -> Any:
         if str(v.version) == str(version):
             return v
     raise ValueError(f"registered model {name!r} has no version {version} "
-                     f"(versions: {', '.join(sorted((v.version for v in versions), key=int))})")
+                     f"(versions: {', '.join(sorted((str(v.version) for v in versions), key=int))})")
 
 
 def promote(tracking_uri: str | None, name: str, version: str | int | None = None, *,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["log_ensemble_model", "PIP_REQUIREMENTS"]
+__all__ = ["PIP_REQUIREMENTS", "log_ensemble_model"]
 
 # Explicit, installable pins: MLflow's inference is slow and writes an uninstallable "+cpu" pin.
 PIP_REQUIREMENTS = [

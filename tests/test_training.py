@@ -17,10 +17,10 @@ from PIL import Image
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from fpn.config import TrainConfig  # noqa: E402
-from fpn.data.splits import plan_visits, ratio_patients, subset_size  # noqa: E402
-from fpn.data.store import open_store  # noqa: E402
-from fpn.inference import MODEL_FILE, load_member_file  # noqa: E402
+from fpn.config import TrainConfig
+from fpn.data.splits import plan_visits, ratio_patients, subset_size
+from fpn.data.store import open_store
+from fpn.inference import MODEL_FILE, load_member_file
 
 TINY_MODEL = {"width": 0.25}
 

@@ -232,19 +232,35 @@ def _tidy_study(study: Any) -> None:
         study.set_user_attr(f"orphan_{t.number}", "asked by an interrupted search, never run")
 
 
+def _scheduler(cfg: SearchConfig, study_name: str) -> Any:
+    """ASHA on validation Dice, never deciding at the last epoch (a trial that reached it runs
+    to its end: checkpoints ranked, ensemble logged); FIFO when there is a single epoch."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tune.pruning import CooperativeASHA
+
+    epochs = cfg.train_epochs()
+    if epochs < 2:
+        return FIFOScheduler()
+    return CooperativeASHA(study_name, time_attr="training_iteration", max_t=epochs - 1,
+                           grace_period=min(cfg.grace_period, epochs - 1), reduction_factor=2,
+                           stop_last_trials=False)
+
+
 def _run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: dict[str, Any],
                resources: TrialResources) -> None:
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from tune.pruning import stop_board
     from tune.trial import train_trial
 
     storage = cfg.storage_path()
     exp_path = f"{storage.rstrip('/')}/{study_name}" if "://" in storage else str(Path(storage) / study_name)
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context),
                                     {"cpu": DRIVER_CPU})
+    board = stop_board(study_name)  # held here so that it lives as long as the search
     if tune.Tuner.can_restore(exp_path):
         _log(f"{study_name}: resuming the search in {exp_path}")
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True,
@@ -260,9 +276,7 @@ def _run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: 
         searcher = OptunaSearch(space=space, metric=METRIC, mode="max",
                                 storage=optuna.storages.RDBStorage(cfg.study_url()),
                                 study_name=study_name, seed=cfg.seed)
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train_epochs(),
-                                  grace_period=min(cfg.grace_period, cfg.train_epochs()),
-                                  reduction_factor=2)
+        scheduler = _scheduler(cfg, study_name)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -275,6 +289,7 @@ def _run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: 
         )
         _log(f"{study_name}: {remaining} trial(s), {resources.concurrency} at a time")
     grid = tuner.fit()
+    del board
     errors = [r.error for r in grid if r.error is not None]
     if errors and len(errors) == len(grid):
         raise RuntimeError(f"{study_name}: every trial failed; first error: {errors[0]}")
@@ -442,12 +457,11 @@ def run_search(cfg: SearchConfig) -> SearchResult:
     from fpn.data.store import open_store
     from fpn.registry import promote
     from fpn.tracking import RunLogger, client_for, ensure_experiment, find_or_create_run
-    from fpn.training.driver import ensure_ray
     from tune import report
 
     torch.set_num_threads(1)
     cfg.work_path().mkdir(parents=True, exist_ok=True)
-    ensure_ray(cfg.num_cpus)
+    _start_ray(cfg)
     store_path = ensure_store(cfg)
     store = open_store(store_path)
     space = load_space(cfg.space) if cfg.space else default_space()
@@ -492,6 +506,22 @@ def run_search(cfg: SearchConfig) -> SearchResult:
     summary.finish("FINISHED")
     return SearchResult(results, table, {k: str(v) for k, v in files.items()},
                         cfg.registered_name(), decision, uri, cfg.study_url())
+
+
+def _start_ray(cfg: SearchConfig) -> None:
+    """Connect to ``$RAY_ADDRESS`` when set; else start a local Ray of our own (``address=
+    "local"``: never join another cluster that happens to run on this machine)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        from fpn.training.driver import ensure_ray
+
+        ensure_ray()
+    else:
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False,
+                 log_to_driver=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -50,6 +50,20 @@ def _finished_run(cfg: Any) -> bool:
         return False
 
 
+def _mark_stopped(cfg: Any, parent_run_id: str) -> None:
+    """The MLflow run of a trial that ASHA stopped: tagged ``stopped``, status KILLED."""
+    from fpn.tracking import RUN_NAME_TAG, client_for, ensure_experiment
+
+    uri = cfg.tracking_uri()
+    client = client_for(uri)
+    exp = ensure_experiment(client, cfg.experiment, uri)
+    for run in client.search_runs([exp], filter_string=f"tags.`{RUN_NAME_TAG}` = "
+                                  f"'{cfg.resolved_run_name()}'", max_results=5):
+        client.set_tag(run.info.run_id, "fpn.status", "stopped")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    print(f"[search] {cfg.resolved_run_name()}: stopped early by ASHA", flush=True)
+
+
 def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """Tune function trainable.
 
@@ -62,14 +76,23 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from fpn.training.driver import run_training
+    from tune.pruning import StopOnBoardCallback, is_stopped
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_train_config(context["base"], config, trial_run_name(context["study"], trial_id))
     tags = {**context.get("tags", {}), "fpn.trial_id": trial_id, "fpn.study": context["study"],
             "fpn.trial_params": json.dumps(config, sort_keys=True, default=str)}
     already = _finished_run(cfg)
-    outcome = run_training(cfg, parent_run_id=context["parent_run_id"], extra_tags=tags,
-                           ray_callbacks=None if already else [TuneReportCallback()])
+    callbacks = None if already else [TuneReportCallback(),
+                                      StopOnBoardCallback(context["study"], trial_id)]
+    try:
+        outcome = run_training(cfg, parent_run_id=context["parent_run_id"], extra_tags=tags,
+                               ray_callbacks=callbacks)
+    except Exception:
+        if not is_stopped(context["study"], trial_id):
+            raise
+        _mark_stopped(cfg, context["parent_run_id"])
+        return
     if already:
         # the trial finished before a kill but Tune had not recorded it: give Tune its result
         best = max(outcome.best_scores) if outcome.best_scores else float("nan")

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from fpn.config import DataConfig
 from fpn.data.transforms import augment, bscan_stats, crop_window, target_from, zscore
 
-__all__ = ["CropDataset", "VolumeDataset", "stored_name", "select_visits"]
+__all__ = ["CropDataset", "VolumeDataset", "select_visits", "stored_name"]
 
 
 def stored_name(target: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ratio_patients", "subset_size", "plan_visits", "VisitPlan"]
+__all__ = ["VisitPlan", "plan_visits", "ratio_patients", "subset_size"]
 
 
 def subset_size(n_patients: int, ratio: float) -> int:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "bscan_stats",
-    "zscore",
-    "crop_window",
     "augment",
+    "bscan_stats",
+    "crop_window",
     "target_from",
+    "zscore",
 ]
 
 

@@ -4,6 +4,17 @@
 calls (with the trial's name, so that a restarted trial resumes). Running it again with the same
 run name resumes the Ray Train run from its last checkpoint and continues the same MLflow run; a
 run that already finished is not trained again.
+
+Storage may be an object store (``--storage s3://bucket/runs``): Ray Train writes checkpoints
+there, the run directory's own files (``fpn_run.json``, ``attempts.jsonl``, the fault-drill
+marker) go through fsspec, and ``best_checkpoints`` are URLs. For an S3-compatible endpoint other
+than AWS (MinIO, moto), set ``AWS_ENDPOINT_URL`` (and credentials) in the driver's environment:
+the driver builds Ray's storage filesystem from it and forwards :data:`FORWARDED_ENV` to the
+workers, so a Ray instance started without those variables still reaches the endpoint.
+
+Elastic training: ``workers_min`` (a ``TrainConfig`` field once the config has it, or the
+``workers_min`` argument) turns ``workers`` into a range, ``ScalingConfig(num_workers=(min, max))``:
+a run that loses a node goes on with fewer workers instead of waiting for a replacement.
 """
 
 from __future__ import annotations
@@ -19,12 +30,30 @@ from typing import Any
 from fpn.config import TrainConfig
 from fpn.data.splits import plan_visits
 from fpn.data.store import open_store
-from fpn.inference import MODEL_FILE, RUN_FILE, load_member_file, resolve_members
+from fpn.inference import (
+    MODEL_FILE,
+    RUN_FILE,
+    is_remote,
+    join_location,
+    load_member_file,
+    read_location_text,
+    resolve_members,
+    write_location_text,
+)
 from fpn.training.worker import score_name, train_fn_per_worker
 
-__all__ = ["run_training", "TrainingOutcome", "ensure_ray"]
+__all__ = ["FORWARDED_ENV", "TrainingOutcome", "ensure_ray", "run_training",
+           "storage_filesystem", "worker_env_vars"]
 
 log = logging.getLogger(__name__)
+
+# What workers need to reach an object store that is not AWS itself (MinIO, moto): forwarded
+# from the driver's environment when set. On AWS the instance profile serves every node and none
+# of these is set.
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL",
+)
 
 
 @dataclass
@@ -55,15 +84,55 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, log_to_driver=True)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+def _write_json_atomic(location: str, obj: Any) -> None:
+    write_location_text(location, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def worker_env_vars(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The driver's :data:`FORWARDED_ENV` variables that are set, plus ``extra``."""
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env.update(extra or {})
+    return env
+
+
+def storage_filesystem(storage: str) -> tuple[Any, str]:
+    """Ray's ``(storage_filesystem, storage_path)`` for a storage location.
+
+    ``(None, storage)`` lets Ray resolve it (local paths, AWS S3 with instance credentials). For
+    ``s3://`` with ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3`` set, an explicit pyarrow
+    ``S3FileSystem`` for that endpoint: Ray pickles it to its Train controller, which does not
+    inherit the driver's environment and would otherwise look for AWS itself.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not storage.startswith("s3://") or not endpoint:
+        return None, storage
+    from urllib.parse import urlparse
+
+    import pyarrow.fs
+
+    url = urlparse(endpoint)
+    fs = pyarrow.fs.S3FileSystem(
+        endpoint_override=url.netloc or url.path, scheme=url.scheme or "https",
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+    )
+    return fs, storage[len("s3://"):]
+
+
+def _checkpoint_location(path: str, storage: str) -> str:
+    """A Ray checkpoint's path as a location: Ray strips the scheme of remote storage."""
+    if not is_remote(storage) or "://" in path:
+        return path
+    return f"{storage.split('://', 1)[0]}://{path}"
 
 
 def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
                  extra_tags: dict[str, str] | None = None,
-                 ray_callbacks: list[Any] | None = None) -> TrainingOutcome:
+                 ray_callbacks: list[Any] | None = None,
+                 worker_env: dict[str, str] | None = None,
+                 workers_min: int | None = None) -> TrainingOutcome:
     """Train one network with Ray Train and track it in MLflow.
 
     Args:
@@ -71,6 +140,10 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
         parent_run_id: MLflow parent (a search's per-ratio run) for nested runs.
         extra_tags: more MLflow tags (trial id, study name, ...).
         ray_callbacks: Ray Train ``UserCallback``s (the Tune bridge passes ``TuneReportCallback``).
+        worker_env: more environment variables for the Ray Train workers (added to the
+            :data:`FORWARDED_ENV` ones the driver has); not logged anywhere.
+        workers_min: elastic training between ``workers_min`` and ``cfg.workers`` workers
+            (default: ``cfg.workers_min`` when the config has it, else a fixed ``cfg.workers``).
 
     Returns:
         The outcome; its ``best_checkpoints`` feed :func:`fpn.inference.load_ensemble`.
@@ -87,10 +160,11 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
     plan = plan_visits(store, cfg.data.target, cfg.data.ratio, cfg.data.subset_seed)
     name = cfg.resolved_run_name()
     storage = cfg.storage_path()
-    run_dir = Path(storage) / name if "://" not in storage else None
-    run_file = run_dir / RUN_FILE if run_dir else None
-    if run_file is not None and run_file.is_file():
-        done = json.loads(run_file.read_text())
+    run_dir = join_location(storage, name)  # a path, or a URL for remote storage
+    run_file = join_location(run_dir, RUN_FILE)
+    previous = read_location_text(run_file)
+    if previous is not None:
+        done = json.loads(previous)
         if done.get("finished"):
             log.info("%s: already finished; not training again", run_dir)
             print(f"[fpn] run {name} already finished ({run_dir}); not training again", flush=True)
@@ -125,6 +199,14 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
         logger.set_tags({"fpn.init": cfg.init})
 
     ensure_ray()
+    workers_min = workers_min if workers_min is not None else getattr(cfg, "workers_min", None)
+    if workers_min is not None and not 1 <= workers_min <= cfg.workers:
+        raise ValueError(f"workers_min must be in [1, workers={cfg.workers}], got {workers_min}")
+    num_workers: int | tuple[int, int] = (
+        (workers_min, cfg.workers) if workers_min is not None and workers_min < cfg.workers
+        else cfg.workers)
+    fs, fs_storage = storage_filesystem(storage)
+    env = worker_env_vars(worker_env)
     use_gpu = cfg.gpus_per_worker > 0
     resources = {"CPU": cfg.cpus_per_worker}
     if use_gpu:
@@ -136,13 +218,15 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
             "tracking_uri": uri,
             "mlflow_run_id": run_id,
             "init_member": init_ref,
-            "run_dir": str(run_dir) if run_dir else "",
+            "run_dir": run_dir,
         },
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
-            storage_path=storage,
+            storage_path=fs_storage,
+            storage_filesystem=fs,
+            worker_runtime_env={"env_vars": env} if env else None,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_best,
                                                checkpoint_score_attribute="val_score",
                                                checkpoint_score_order="max"),
@@ -163,9 +247,9 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
     ranked = ranked[: cfg.keep_best]
     outcome = TrainingOutcome(
         run_name=name,
-        run_dir=str(run_dir) if run_dir else f"{storage}/{name}",
+        run_dir=run_dir,
         mlflow_run_id=run_id,
-        best_checkpoints=[c.path for c, _ in ranked],
+        best_checkpoints=[_checkpoint_location(c.path, storage) for c, _ in ranked],
         best_scores=[float(m.get("val_score", float("nan"))) for _, m in ranked],
         score_name=score_name(cfg),
         last_metrics={k: float(v) for k, v in (result.metrics or {}).items()
@@ -176,15 +260,17 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
     if cfg.log_model and outcome.best_checkpoints:
         from fpn.serving import log_ensemble_model
 
+        member_files = ([resolve_members(c)[0] for c in outcome.best_checkpoints]
+                        if is_remote(run_dir) else
+                        [Path(p) / MODEL_FILE for p in outcome.best_checkpoints])
         outcome.model_uri = log_ensemble_model(
-            uri, run_id, [Path(p) / MODEL_FILE for p in outcome.best_checkpoints],
+            uri, run_id, member_files,
             shape=store.visit(plan.val_keys[0]).shape)
     logger.set_tags({"fpn.best_score": f"{outcome.best_scores[0]:.4f}" if outcome.best_scores else "nan",
                      "fpn.status": "finished"})
     logger.finish("FINISHED")
-    if run_file is not None:
-        _write_json_atomic(run_file, {**asdict(outcome), "finished": True,
-                                      "config": cfg.model_dump(mode="json")})
+    _write_json_atomic(run_file, {**asdict(outcome), "finished": True,
+                                  "config": cfg.model_dump(mode="json")})
     return outcome
 
 

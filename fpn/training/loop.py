@@ -16,7 +16,7 @@ from torch import nn
 from fpn.config import OptimConfig, TrainConfig
 from fpn.metrics import VisitMetrics, visit_record
 
-__all__ = ["build_optimizer", "build_scheduler", "train_epoch", "validate", "autocast_for"]
+__all__ = ["autocast_for", "build_optimizer", "build_scheduler", "train_epoch", "validate"]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["enface_projection", "save_overlay", "save_learning_curves"]
+__all__ = ["enface_projection", "save_learning_curves", "save_overlay"]
 
 
 def enface_projection(oct_volume: np.ndarray) -> np.ndarray:

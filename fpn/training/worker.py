@@ -27,7 +27,15 @@ from fpn.config import TrainConfig
 from fpn.data.dataset import CropDataset, VolumeDataset
 from fpn.data.splits import plan_visits
 from fpn.data.store import open_store
-from fpn.inference import MODEL_FILE, load_member_file, save_member
+from fpn.inference import (
+    MODEL_FILE,
+    append_location_line,
+    join_location,
+    load_member_file,
+    location_exists,
+    save_member,
+    write_location_text,
+)
 from fpn.losses import build_loss
 from fpn.training.loop import build_optimizer, build_scheduler, train_epoch, validate
 
@@ -64,7 +72,8 @@ def _fmt_eta(seconds: float) -> str:
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. ``loop_config``: ``config`` (a TrainConfig dump), ``tracking_uri``,
     ``mlflow_run_id``, ``init_member`` (a member file for fine-tuning, resolved by the driver),
-    ``run_dir`` (this run's storage folder, for the fault-drill marker)."""
+    ``run_dir`` (this run's storage folder, a path or a URL: ``attempts.jsonl`` and the
+    fault-drill marker)."""
     import ray
     import ray.train
     import ray.train.torch
@@ -137,11 +146,9 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
 
     if rank == 0 and loop_config.get("run_dir"):
         # one line per (re)start: what a fault drill reads to count repeated epochs
-        attempts = Path(loop_config["run_dir"]) / "attempts.jsonl"
-        attempts.parent.mkdir(parents=True, exist_ok=True)
-        with attempts.open("a") as fh:
-            fh.write(json.dumps({"start_epoch": start_epoch, "time": time.time(),
-                                 "world_size": world}) + "\n")
+        append_location_line(join_location(loop_config["run_dir"], "attempts.jsonl"),
+                             json.dumps({"start_epoch": start_epoch, "time": time.time(),
+                                         "world_size": world}))
 
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
@@ -167,10 +174,9 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         history.append(metrics)
 
         if cfg.fail_at_epoch == epoch and rank == world - 1:
-            marker = Path(loop_config["run_dir"]) / f".fault-drill-epoch{epoch}"
-            if not marker.exists():
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.write_text("the fault drill killed this worker once here\n")
+            marker = join_location(loop_config["run_dir"], f".fault-drill-epoch{epoch}")
+            if not location_exists(marker):
+                write_location_text(marker, "the fault drill killed this worker once here\n")
                 # Ray Train's controller collects reports every couple of seconds; on toy-sized
                 # epochs a death within that window would also lose the previous report, which
                 # real epochs (minutes) never do. Wait it out so the drill tests the restart.

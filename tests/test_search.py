@@ -1,0 +1,144 @@
+"""End to end on CPU: `python -m tune.search` on the tiny store, killed after its first finished
+trial and run again; then the studies, MLflow runs, registered versions and the table."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+RATIOS = ("0.5", "1.0")
+TRIALS = 3
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _args(store: Path, work: Path) -> list[str]:
+    return [sys.executable, "-m", "tune.search", "--data", str(store), "--workdir", str(work),
+            "--ssl", "none", "--ratios", *RATIOS, "--trials", str(TRIALS), "--epochs", "1",
+            "--num-cpus", "2", "--seed", "0",
+            "--set", "data.crop=[8,32]", "--set", "data.multiplier=1",
+            "--set", "data.loader_workers=0", "--set", "batch_size=4", "--set", "keep_best=1",
+            "--set", "overlay_every=0"]
+
+
+def _complete_trials(db: Path) -> dict[str, int]:
+    import optuna
+
+    if not db.is_file():
+        return {}
+    url = f"sqlite:///{db}"
+    try:
+        summaries = optuna.get_all_study_summaries(url)
+    except Exception:  # the database is being created
+        return {}
+    out = {}
+    for s in summaries:
+        study = optuna.load_study(study_name=s.study_name, storage=url)
+        out[s.study_name] = sum(t.state.name == "COMPLETE" for t in study.trials)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> Path:
+    """The conftest's tiny synthetic store, made with a Ray of our own (``address="local"``: a
+    cluster that another job started on this machine must not be joined)."""
+    import ray
+
+    from data_prep.convert import convert
+    from data_prep.synthetic import make_synthetic_dataset
+    from tests.conftest import SYNTHETIC_SHAPE
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    root = tmp_path_factory.mktemp("tiny")
+    make_synthetic_dataset(root / "source", patients=4, unlabelled=2, shape=SYNTHETIC_SHAPE,
+                           visits=2, seed=0)
+    stats = convert(str(root / "source"), str(root / "store.zarr"), progress=False)
+    assert stats.ok, stats.summary_line()
+    return root / "store.zarr"
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_store, tmp_path_factory):
+    """Run the search, SIGKILL it once a trial has finished, run it again to the end."""
+    work = tmp_path_factory.mktemp("search")
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(_args(tiny_store, work), cwd=work, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    before: dict[str, int] = {}
+    while time.monotonic() < deadline and first.poll() is None:
+        before = _complete_trials(work / "optuna.db")
+        if sum(before.values()) >= 1:
+            break
+        time.sleep(2)
+    os.killpg(first.pid, signal.SIGKILL)  # the search and the Ray it started
+    first.wait()
+    assert sum(before.values()) >= 1, "no trial finished before the kill"
+    again = subprocess.run(_args(tiny_store, work), cwd=work, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    return work, before, again.stdout
+
+
+def test_studies_hold_each_trial_once(searched):
+    work, before, _ = searched
+    after = _complete_trials(work / "optuna.db")
+    assert sorted(after) == [f"ga-fpn-none-r{r}" for r in ("0.5", "1")]
+    assert all(n == TRIALS for n in after.values()), after
+    for study, n in before.items():
+        assert after[study] >= n
+
+
+def test_mlflow_parent_and_child_runs_without_duplicates(searched):
+    from mlflow.tracking import MlflowClient
+
+    work, _, _ = searched
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fpn-search")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    names = Counter(r.info.run_name for r in runs)
+    assert all(n == 1 for n in names.values()), names  # the resumed search duplicated nothing
+    parents = [r for r in runs if r.data.tags.get("fpn.search_role") == "ratio"]
+    assert len(parents) == len(RATIOS)
+    for p in parents:
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
+        assert len(children) == TRIALS
+        assert "test/dice_mean" in p.data.metrics and "best/val_dice" in p.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(p.info.run_id)}
+        assert {"study_summary.md", "val_dice_over_trials.png", "best_params.json"} <= artifacts
+        assert p.data.tags["fpn.best_trial"] in {c.data.tags["fpn.trial_id"] for c in children}
+
+
+def test_registered_versions_and_tags(searched):
+    from mlflow.tracking import MlflowClient
+
+    work, _, _ = searched
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name='ga-fpn'")
+    assert sorted(v.tags["ratio"] for v in versions) == ["0.5", "1"]
+    for v in versions:
+        for tag in ("ssl", "val_dice", "test_dice", "store_fingerprint", "test_split", "study",
+                    "trial", "git_revision"):
+            assert v.tags.get(tag), (v.version, tag)
+        assert "Data" in v.description and "Recipe" in v.description
+    assert client.get_registered_model("ga-fpn").aliases.get("champion") is not None
+
+
+def test_results_table(searched):
+    work, _, out = searched
+    table = (work / "results" / "table.md").read_text()
+    assert "| Method | 0.5 | 1 |" in table and "| FPN |" in table and "±" in table
+    assert (work / "results" / "table.csv").read_text().count("\n") == 1 + len(RATIOS)
+    assert (work / "results" / "dice_vs_ratio.png").stat().st_size > 0
+    assert "optuna-dashboard sqlite:///" in out and "mlflow ui --backend-store-uri" in out
