@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["node_loss_drill", "main"]
+__all__ = ["main", "node_loss_drill"]
 
 SHAPE = (8, 64, 32)  # (S, D, W): tiny volumes, the drill measures recovery, not learning
 

@@ -225,8 +225,8 @@ def _run_tasks(
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                     log_to_driver=False)
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                     include_dashboard=False, log_to_driver=False)
         started_ray = True
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(convert_visit)

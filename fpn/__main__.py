@@ -37,6 +37,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--run-name")
     p.add_argument("--workers", type=int, help="Ray Train workers (data-parallel)")
+    p.add_argument("--workers-min", type=int,
+                   help="elastic: train on as few as this many workers (--workers is the maximum)")
     p.add_argument("--gpus-per-worker", type=float)
     p.add_argument("--cpus-per-worker", type=float)
     p.add_argument("--threads-per-worker", type=int)
@@ -79,7 +81,7 @@ def config_from_args(args: argparse.Namespace, task: str) -> Any:
         "batch_size": "batch_size", "crop": "data.crop", "multiplier": "data.multiplier",
         "lr": "optim.lr", "optimizer": "optim.name", "weight_decay": "optim.weight_decay",
         "schedule": "optim.schedule", "warmup_epochs": "optim.warmup_epochs", "seed": "seed",
-        "run_name": "run_name", "workers": "workers", "gpus_per_worker": "gpus_per_worker",
+        "run_name": "run_name", "workers": "workers", "workers_min": "workers_min", "gpus_per_worker": "gpus_per_worker",
         "cpus_per_worker": "cpus_per_worker", "threads_per_worker": "threads_per_worker",
         "loader_workers": "data.loader_workers", "keep_best": "keep_best",
         "max_failures": "max_failures", "storage": "storage", "mlflow": "mlflow",

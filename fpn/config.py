@@ -119,6 +119,9 @@ class TrainConfig(_Section):
     keep_best: int = Field(5, ge=1)
     run_name: str | None = None
     workers: int = Field(1, ge=1)
+    workers_min: int | None = Field(
+        None, ge=1, description="elastic training: at least this many workers; workers is then "
+        "the maximum (Ray Train restarts with fewer when nodes go away)")
     gpus_per_worker: float = Field(0.0, ge=0.0)
     cpus_per_worker: float = Field(1.0, gt=0.0)
     threads_per_worker: int | None = Field(None, ge=1)
@@ -134,6 +137,12 @@ class TrainConfig(_Section):
     fail_at_epoch: int | None = Field(
         None, ge=0, description="fault drill: one worker process dies once at this epoch, after "
         "its training pass and before its checkpoint (tests and drills only)")
+
+    @model_validator(mode="after")
+    def _elastic_range(self) -> TrainConfig:
+        if self.workers_min is not None and self.workers_min > self.workers:
+            raise ValueError(f"workers_min ({self.workers_min}) must be <= workers ({self.workers})")
+        return self
 
     @model_validator(mode="after")
     def _task_matches_target(self) -> TrainConfig:

@@ -18,7 +18,13 @@ import numpy as np
 from fpn.data.dataset import stored_name
 from fpn.data.store import open_store
 from fpn.data.transforms import target_from
-from fpn.inference import RUN_FILE, Ensemble, load_ensemble
+from fpn.inference import (
+    RUN_FILE,
+    Ensemble,
+    join_location,
+    load_ensemble,
+    read_location_text,
+)
 from fpn.metrics import VisitMetrics, visit_record
 
 __all__ = ["AREAS_COLUMNS", "evaluate", "evaluate_ensemble", "predict"]
@@ -44,9 +50,9 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 def _source_run_id(model_ref: str, tracking_uri: str | None) -> str | None:
     """The MLflow run a model came from, when it can be known."""
-    p = Path(model_ref)
-    if p.is_dir() and (p / RUN_FILE).is_file():
-        return json.loads((p / RUN_FILE).read_text()).get("mlflow_run_id")
+    if not model_ref.startswith(("models:/", "runs:/")):
+        text = read_location_text(join_location(model_ref, RUN_FILE))  # a path or an s3:// URL
+        return json.loads(text).get("mlflow_run_id") if text else None
     if model_ref.startswith("models:/"):
         from mlflow.tracking import MlflowClient
 

@@ -35,12 +35,12 @@ __all__ = [
     "is_remote",
     "join_location",
     "load_ensemble",
+    "load_member_file",
     "location_exists",
     "read_location_text",
-    "write_location_text",
-    "load_member_file",
     "resolve_members",
     "save_member",
+    "write_location_text",
 ]
 
 MODEL_FILE = "model.pt"
@@ -96,7 +96,7 @@ def is_remote(location: str) -> bool:
 
 def _local(location: str) -> Path:
     location = str(location)
-    return Path(location[len("file://"):] if location.startswith("file://") else location)
+    return Path(location.removeprefix("file://"))
 
 
 def join_location(base: str, *parts: str) -> str:

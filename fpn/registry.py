@@ -29,15 +29,15 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 __all__ = [
-    "CHAMPION",
     "CHALLENGER",
+    "CHAMPION",
     "COMPARABILITY_TAGS",
     "Decision",
-    "register_version",
-    "promote",
-    "rollback",
     "list_versions",
+    "promote",
+    "register_version",
     "registry_main",
+    "rollback",
 ]
 
 CHAMPION = "champion"

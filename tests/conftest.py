@@ -17,7 +17,7 @@ def ray_local():
     started = False
     if not ray.is_initialized():
         # with the dashboard: it serves the state API that Ray Train polls
-        ray.init(num_cpus=2, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, log_to_driver=False)
         started = True
     yield ray
     if started:

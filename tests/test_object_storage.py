@@ -147,5 +147,6 @@ def test_evaluate_and_predict_from_the_s3_run_dir(s3_run, s3_store, tmp_path):
     mask = np.load(tmp_path / "pred" / f"{rows[0]['visit']}_prob.npy")
     assert mask.ndim == 2
     summary = evaluate(outcome.run_dir, s3_store, split="test", out=str(tmp_path / "eval"),
-                       tracking_uri=cfg.tracking_uri(), log_to_mlflow=False)
+                       tracking_uri=cfg.tracking_uri())
     assert summary["visits"] >= 1 and Path(summary["csv"]).is_file()
+    assert summary["mlflow_run_id"] == outcome.mlflow_run_id  # logged to the training's own run

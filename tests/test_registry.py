@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from fpn.registry import CHALLENGER, CHAMPION, promote, registry_main, rollback  # noqa: E402
+from fpn.registry import CHALLENGER, CHAMPION, promote, registry_main, rollback
 
 
 @pytest.fixture()

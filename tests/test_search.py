@@ -18,6 +18,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 RATIOS = ("0.5", "1.0")
 TRIALS = 3
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # ~4 min on 2 cores: two searches (one killed), 6 trials
 
 
 def _args(store: Path, work: Path) -> list[str]:

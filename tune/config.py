@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["SearchConfig", "load_search_config", "DEMO_TRAIN", "DEMO_SHAPE"]
+__all__ = ["DEMO_SHAPE", "DEMO_TRAIN", "SearchConfig", "load_search_config"]
 
 SSL = Literal["inverted_faf", "faf", "slo", "none"]
 
@@ -50,7 +50,7 @@ class SearchConfig(BaseModel):
     gpus_per_worker: float = Field(0.0, ge=0.0)
     cpus_per_worker: float | None = Field(None, gt=0.0, description="default: fill the CPUs")
     epochs: int | None = Field(None, ge=1, description="default: 3 for the demo, else 40")
-    pretrain_epochs: int | None = Field(None, ge=1, description="default: epochs")
+    pretrain_epochs: int | None = Field(None, ge=1, description="default: 6 for the demo, else epochs")
     grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped")
     space: str | None = Field(None, description="YAML search space (default tune/default_space.yaml)")
     storage: str | None = Field(None, description="Ray storage path or URL (default workdir/ray)")
@@ -60,6 +60,10 @@ class SearchConfig(BaseModel):
     seed: int = 0
     train: dict[str, Any] | None = Field(None, description="TrainConfig overrides, dotted keys")
     promote: bool = Field(True, description="promote the best version with the registry gate")
+    min_crops_per_epoch: int | None = Field(
+        None, ge=1, description="raise data.multiplier at scarce ratios so that an epoch has at "
+        "least this many crops (default: 48 for the demo, none otherwise: the reference recipe "
+        "draws multiplier x volumes crops, which at ratio 0.1 of a small store is a handful)")
     num_cpus: int | None = Field(None, ge=1, description="local Ray CPUs (default: all)")
 
     @field_validator("ratios")
@@ -91,6 +95,12 @@ class SearchConfig(BaseModel):
 
     def study_url(self) -> str:
         return self.study_db or f"sqlite:///{self.work_path() / 'optuna.db'}"
+
+    def crops_floor(self) -> int | None:
+        return self.min_crops_per_epoch or (48 if self.is_demo else None)
+
+    def pretraining_epochs(self) -> int:
+        return self.pretrain_epochs or (6 if self.is_demo else self.train_epochs())
 
     def train_epochs(self) -> int:
         return self.epochs or (3 if self.is_demo else 40)

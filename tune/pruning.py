@@ -17,7 +17,7 @@ import ray
 from ray.train.v2.api.callback import UserCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-__all__ = ["StopBoard", "stop_board", "CooperativeASHA", "StopOnBoardCallback", "TrialStopped"]
+__all__ = ["CooperativeASHA", "StopBoard", "StopOnBoardCallback", "TrialStopped", "stop_board"]
 
 
 class TrialStopped(RuntimeError):

@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "TableRow",
-    "study_summary",
-    "plot_trials",
-    "collect_rows",
-    "table_markdown",
-    "table_csv",
-    "plot_table",
     "PARENT_ROLE",
+    "TableRow",
+    "collect_rows",
     "model_card",
+    "plot_table",
+    "plot_trials",
+    "study_summary",
+    "table_csv",
+    "table_markdown",
 ]
 
 #: tag value of ``fpn.search_role`` on a search's per-ratio parent run

@@ -36,13 +36,15 @@ if __package__ in (None, ""):  # run as `python tune/search.py`: import the `tun
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from tune.config import DEMO_SHAPE, SearchConfig, load_search_config  # noqa: E402
-from tune.spaces import SearchSpace, default_space, load_space  # noqa: E402
+from tune.config import DEMO_SHAPE, SearchConfig, load_search_config
+from tune.spaces import SearchSpace, default_space, load_space
 
-__all__ = ["run_search", "SearchResult", "RatioResult", "main", "build_parser"]
+__all__ = ["RatioResult", "SearchResult", "build_parser", "main", "run_search"]
 
 #: CPU reserved by each trial's own function (the Train driver); its workers have their own
 DRIVER_CPU = 0.05
+#: custom resource of the on-demand head in cluster.yaml (100 of it: up to 100 trial drivers)
+DRIVER_RESOURCE = "fpn_driver"
 METRIC = "val_score"
 
 
@@ -175,7 +177,7 @@ def pretrain(cfg: SearchConfig, store: str, fingerprint: str) -> str:
 
     cpus = float(ray.cluster_resources().get("CPU", 1)) / cfg.workers_per_trial
     tree = _train_tree(cfg, store, task="pretrain", target=cfg.ssl,
-                       epochs=cfg.pretrain_epochs or cfg.train_epochs(), storage_dir="pretrain",
+                       epochs=cfg.pretraining_epochs(), storage_dir="pretrain",
                        cpus_per_worker=cpus, threads=max(1, int(cpus)))
     tree.pop("init", None)
     tree["run_name"] = f"pretrain-{cfg.model}-{cfg.ssl}-{fingerprint[:8]}-s{cfg.seed}"
@@ -208,6 +210,40 @@ def _fix_architecture(space: SearchSpace, tree: dict[str, Any], init: str, uri: 
 
 
 # -- one ratio ----------------------------------------------------------------------------------
+
+def _optuna_trial_finished(searcher: Any, trial_id: str) -> bool:
+    ot_trial = searcher._ot_trials.get(trial_id)
+    if ot_trial is None:
+        return False
+    return searcher._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+
+
+def _resumable_optuna_search(**kwargs: Any) -> Any:
+    """OptunaSearch that tolerates a trial finished in the study but not in Tune's last
+    experiment checkpoint (the search was killed in between): Tune runs it again (its Train run
+    is found finished and only reports), and its result must not be told to Optuna twice."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    return ResumableOptunaSearch(**kwargs) if OptunaSearch else None
+
+
+try:
+    from ray.tune.search.optuna import OptunaSearch as _OptunaSearch
+
+    class ResumableOptunaSearch(_OptunaSearch):
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if not _optuna_trial_finished(self, trial_id):
+                super().on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                              error: bool = False) -> None:
+            if _optuna_trial_finished(self, trial_id):
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result, error)
+except ImportError:  # optuna missing: the search reports it when it runs
+    pass
+
 
 def _trial_name(trial: Any) -> str:
     return str(trial.trial_id)
@@ -251,15 +287,21 @@ def _run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: 
                resources: TrialResources) -> None:
     import optuna
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     from tune.pruning import stop_board
     from tune.trial import train_trial
 
     storage = cfg.storage_path()
     exp_path = f"{storage.rstrip('/')}/{study_name}" if "://" in storage else str(Path(storage) / study_name)
+    import ray
+
+    driver_bundle: dict[str, float] = {"cpu": DRIVER_CPU}
+    if ray.cluster_resources().get(DRIVER_RESOURCE):
+        # cluster.yaml puts this resource on the on-demand head only: trial drivers never land
+        # on spot nodes, where a preemption would take the trial's bookkeeping with it
+        driver_bundle[DRIVER_RESOURCE] = 1.0
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context),
-                                    {"cpu": DRIVER_CPU})
+                                    driver_bundle)
     board = stop_board(study_name)  # held here so that it lives as long as the search
     if tune.Tuner.can_restore(exp_path):
         _log(f"{study_name}: resuming the search in {exp_path}")
@@ -273,7 +315,7 @@ def _run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: 
         if remaining <= 0:
             _log(f"{study_name}: the study already holds {done} finished trials")
             return
-        searcher = OptunaSearch(space=space, metric=METRIC, mode="max",
+        searcher = _resumable_optuna_search(space=space, metric=METRIC, mode="max",
                                 storage=optuna.storages.RDBStorage(cfg.study_url()),
                                 study_name=study_name, seed=cfg.seed)
         scheduler = _scheduler(cfg, study_name)
@@ -348,6 +390,16 @@ def search_ratio(cfg: SearchConfig, ratio: float, space: SearchSpace, base: dict
 
     base = json.loads(json.dumps(base))
     base["data"]["ratio"] = ratio
+    floor = cfg.crops_floor()
+    if floor:
+        from fpn.data.splits import plan_visits
+
+        visits = len(plan_visits(store, "mask", ratio, cfg.seed).train_keys)
+        multiplier = base["data"].get("multiplier", 20)
+        base["data"]["multiplier"] = max(multiplier, math.ceil(floor / visits))
+        if base["data"]["multiplier"] != multiplier:
+            _log(f"{study_name}: {visits} training visit(s); {base['data']['multiplier']} crops "
+                 f"per visit per epoch (at least {floor} crops an epoch)")
     context = {"base": base, "study": study_name, "parent_run_id": parent_id,
                "tags": {"fpn.search_task": cfg.task, "fpn.search_role": "trial"}}
     _run_tuner(cfg, study_name, space, context, resources)
@@ -520,8 +572,8 @@ def _start_ray(cfg: SearchConfig) -> None:
 
         ensure_ray()
     else:
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False,
-                 log_to_driver=True)
+        # the dashboard serves the state API that Ray Train's placement-group cleaner polls
+        ray.init(address="local", num_cpus=cfg.num_cpus, log_to_driver=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -572,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="fine-tuning epochs per trial (ASHA's max_t)")
     p.add_argument("--pretrain-epochs", type=int)
     p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial may be stopped")
+    p.add_argument("--min-crops-per-epoch", type=int,
+                   help="raise crops per visit at scarce ratios (default 48 for the demo)")
     p.add_argument("--space", help="YAML search space (default tune/default_space.yaml)")
     p.add_argument("--storage", help="Ray storage path or URL (default WORKDIR/ray)")
     p.add_argument("--mlflow", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["ParamSpec", "SearchSpace", "load_space", "default_space", "DEFAULT_SPACE_FILE"]
+__all__ = ["DEFAULT_SPACE_FILE", "ParamSpec", "SearchSpace", "default_space", "load_space"]
 
 DEFAULT_SPACE_FILE = Path(__file__).with_name("default_space.yaml")
 

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["train_trial", "trial_run_name", "trial_train_config", "TRIAL_STORAGE_DIR"]
+__all__ = ["TRIAL_STORAGE_DIR", "train_trial", "trial_run_name", "trial_train_config"]
 
 #: sub-folder of the search's storage holding the trials' Ray Train runs
 TRIAL_STORAGE_DIR = "trials"
@@ -72,7 +72,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         context: ``base`` (TrainConfig dump), ``study``, ``parent_run_id``, ``tags``
             (bound with ``tune.with_parameters``).
     """
-    import ray.tune as tune
+    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from fpn.training.driver import run_training
@@ -93,7 +93,7 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             raise
         _mark_stopped(cfg, context["parent_run_id"])
         return
-    if already:
-        # the trial finished before a kill but Tune had not recorded it: give Tune its result
-        best = max(outcome.best_scores) if outcome.best_scores else float("nan")
-        tune.report({**outcome.last_metrics, "val_score": best})
+    # The trial's final result: its best validation score. Also needed when Tune reran a trial
+    # that had finished (or had reported its last epoch) before a kill: nothing was reported then.
+    best = max(outcome.best_scores) if outcome.best_scores else float("nan")
+    tune.report({**outcome.last_metrics, "val_score": best, "final": 1.0})

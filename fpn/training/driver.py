@@ -12,8 +12,7 @@ than AWS (MinIO, moto), set ``AWS_ENDPOINT_URL`` (and credentials) in the driver
 the driver builds Ray's storage filesystem from it and forwards :data:`FORWARDED_ENV` to the
 workers, so a Ray instance started without those variables still reaches the endpoint.
 
-Elastic training: ``workers_min`` (a ``TrainConfig`` field once the config has it, or the
-``workers_min`` argument) turns ``workers`` into a range, ``ScalingConfig(num_workers=(min, max))``:
+Elastic training: ``workers_min`` (a ``TrainConfig`` field, or the ``workers_min`` argument) turns ``workers`` into a range, ``ScalingConfig(num_workers=(min, max))``:
 a run that loses a node goes on with fewer workers instead of waiting for a replacement.
 """
 
@@ -81,7 +80,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
         # the dashboard serves the state API that Ray Train polls; without it, endless warnings
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
 
 
 def _write_json_atomic(location: str, obj: Any) -> None:
@@ -143,7 +142,7 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
         worker_env: more environment variables for the Ray Train workers (added to the
             :data:`FORWARDED_ENV` ones the driver has); not logged anywhere.
         workers_min: elastic training between ``workers_min`` and ``cfg.workers`` workers
-            (default: ``cfg.workers_min`` when the config has it, else a fixed ``cfg.workers``).
+            (default: ``cfg.workers_min``; None = a fixed ``cfg.workers``).
 
     Returns:
         The outcome; its ``best_checkpoints`` feed :func:`fpn.inference.load_ensemble`.
@@ -199,7 +198,7 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
         logger.set_tags({"fpn.init": cfg.init})
 
     ensure_ray()
-    workers_min = workers_min if workers_min is not None else getattr(cfg, "workers_min", None)
+    workers_min = workers_min if workers_min is not None else cfg.workers_min
     if workers_min is not None and not 1 <= workers_min <= cfg.workers:
         raise ValueError(f"workers_min must be in [1, workers={cfg.workers}], got {workers_min}")
     num_workers: int | tuple[int, int] = (

@@ -1,0 +1,235 @@
+"""Search efficiency: ASHA + TPE against FIFO + random search on the same budget.
+
+Both strategies get the same store, search space (``tune/default_space.yaml`` or ``--space``),
+number of trials, maximum epochs per trial, concurrency and seed. Each trial is
+:func:`tune.trial.train_trial` (a Ray Train run of ``run_training`` reporting every epoch to Tune
+through ``TuneReportCallback``; ASHA's stops go through ``tune.pruning``'s StopBoard so that the
+Train run shuts its workers down itself). The search space is sampled by Optuna in both cases
+(``TPESampler`` vs ``RandomSampler``), so only the sampler and the scheduler differ.
+
+Reported: the best validation Dice each strategy reached, the trial-epochs it spent in all, and
+the trial-epochs it needed (counting every epoch reported by any of its trials, in time order)
+to first reach the best validation Dice of FIFO + random.
+
+Usage::
+
+    python benchmarks/search_efficiency.py --smoke                  # < 3 min on 2 cores
+    python benchmarks/search_efficiency.py --trials 16 --epochs 8   # the demo store, 2 ratios
+
+Without ``--data`` it makes a synthetic store in the work folder (the demo's 12 + 4 patients at
+16 x 64 x 128, or a 4 + 2 patient 8 x 64 x 32 store with ``--smoke``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+__all__ = ["epochs_to_reach", "main", "run_strategy"]
+
+METRIC = "val_score"
+DRIVER_CPU = 0.05  # what each trial's own function holds (as in tune/search.py)
+
+
+def _make_store(work: Path, smoke: bool) -> str:
+    from data_prep.convert import convert
+    from data_prep.synthetic import make_synthetic_dataset
+
+    store = work / "store.zarr"
+    if store.exists():
+        return str(store)
+    shape, patients, unlabelled, visits = (((8, 64, 32), 4, 2, 2) if smoke
+                                           else ((16, 64, 128), 12, 4, 3))
+    make_synthetic_dataset(work / "source", patients=patients, unlabelled=unlabelled,
+                           shape=shape, visits=visits, seed=0)
+    stats = convert(str(work / "source"), str(store), progress=False)
+    if not stats.ok:
+        raise RuntimeError(f"{store}: conversion failed: {stats.summary_line()}")
+    return str(store)
+
+
+def _base_config(store: str, work: Path, args: argparse.Namespace, cpus_per_worker: float) -> dict:
+    from fpn.config import TrainConfig
+
+    tree: dict[str, Any] = {
+        "task": "finetune",
+        "data": {"store": store, "ratio": args.ratio, "crop": list(args.crop),
+                 "multiplier": args.multiplier, "loader_workers": 0},
+        "model": {"name": "fpn", "kwargs": {}},
+        "optim": {"name": "sgd"}, "epochs": args.epochs, "batch_size": args.batch_size,
+        "keep_best": 1, "overlay_every": 0, "log_model": False, "max_failures": 0,
+        "workers": 1, "cpus_per_worker": cpus_per_worker, "threads_per_worker": 1,
+        "storage": str(work / "runs"), "mlflow": f"sqlite:///{work / 'mlflow.db'}",
+        "experiment": "search-efficiency", "seed": args.seed,
+    }
+    return TrainConfig.model_validate(tree).model_dump(mode="json")
+
+
+def _space(args: argparse.Namespace) -> Any:
+    from tune.spaces import SearchSpace, default_space, load_space
+
+    space = load_space(args.space) if args.space else default_space()
+    if args.smoke:  # the tiniest networks only
+        params = dict(space.params)
+        params.pop("model.kwargs.width", None)
+        return SearchSpace(params=params, fixed={**space.fixed, "model.kwargs.width": 0.25})
+    return space
+
+
+def run_strategy(strategy: str, *, base: dict, space: Any, trials: int, epochs: int,
+                 concurrency: int, seed: int, storage: Path) -> list[dict[str, Any]]:
+    """Run one search; return every per-epoch report ``{trial, epoch, val_score, timestamp}``.
+
+    Args:
+        strategy: ``asha_tpe`` or ``fifo_random``.
+    """
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from fpn.tracking import client_for, ensure_experiment, find_or_create_run
+    from tune.pruning import CooperativeASHA, stop_board
+    from tune.trial import train_trial
+
+    study = f"effbench-{strategy}-{int(time.time())}"
+    uri = base["mlflow"]
+    client = client_for(uri)
+    exp = ensure_experiment(client, base["experiment"], uri)
+    parent, _ = find_or_create_run(client, exp, study, {"fpn.benchmark": "search_efficiency"})
+    if strategy == "asha_tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, trials // 4))
+        # as tune/search.py: never decide at the last epoch, so a trial reaching it finishes
+        scheduler = (CooperativeASHA(study, time_attr="training_iteration", max_t=epochs - 1,
+                                     grace_period=1, reduction_factor=2, stop_last_trials=False)
+                     if epochs >= 2 else FIFOScheduler())
+    elif strategy == "fifo_random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+        scheduler = FIFOScheduler()
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    searcher = OptunaSearch(space=space, metric=METRIC, mode="max", sampler=sampler, seed=seed)
+    context = {"base": base, "study": study, "parent_run_id": parent,
+               "tags": {"fpn.benchmark_strategy": strategy}}
+    trainable = tune.with_resources(tune.with_parameters(train_trial, context=context),
+                                    {"cpu": DRIVER_CPU})
+    board = stop_board(study)  # alive for the whole search
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher,
+                                    scheduler=scheduler, num_samples=trials,
+                                    max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name=study, storage_path=str(storage), verbose=0),
+    )
+    grid = tuner.fit()
+    del board
+    client.set_terminated(parent)
+    reports: list[dict[str, Any]] = []
+    for i, result in enumerate(grid):
+        df = result.metrics_dataframe
+        if df is None or METRIC not in df:
+            continue
+        for _, row in df.iterrows():
+            if row.get("final") == 1.0:  # train_trial's closing summary, not an epoch
+                continue
+            reports.append({"trial": i, "epoch": int(row["training_iteration"]),
+                            "val_score": float(row[METRIC]), "timestamp": float(row["timestamp"])})
+    return reports
+
+
+def epochs_to_reach(reports: list[dict[str, Any]], target: float) -> int | None:
+    """Trial-epochs spent (all trials, in report order) until a report first reaches ``target``."""
+    ordered = sorted(reports, key=lambda r: (r["timestamp"], r["trial"], r["epoch"]))
+    for spent, rep in enumerate(ordered, start=1):
+        if rep["val_score"] >= target - 1e-12:
+            return spent
+    return None
+
+
+def _table(results: dict[str, list[dict[str, Any]]], target: float) -> str:
+    header = ("| strategy | trials | trial-epochs spent | best val Dice | "
+              f"trial-epochs to reach {target:.4f} |")
+    lines = [header, "|---|---|---|---|---|"]
+    for name, reps in results.items():
+        best = max((r["val_score"] for r in reps), default=float("nan"))
+        reach = epochs_to_reach(reps, target)
+        lines.append(f"| {name} | {len({r['trial'] for r in reps})} | {len(reps)} | {best:.4f} | "
+                     f"{'not reached' if reach is None else reach} |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny store and budget (< 3 minutes)")
+    p.add_argument("--data", help="fpn store (default: a synthetic one in --workdir)")
+    p.add_argument("--workdir", help="folder for the store, runs and MLflow (default: a temp dir)")
+    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=8, help="maximum epochs per trial")
+    p.add_argument("--ratio", type=float, default=1.0)
+    p.add_argument("--crop", type=int, nargs=2, default=[16, 128], metavar=("S", "W"))
+    p.add_argument("--multiplier", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--space", help="search space YAML (default tune/default_space.yaml)")
+    p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--concurrency", type=int, help="trials at once (default: one per CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.smoke:
+        args.trials, args.epochs, args.crop = 2, 2, [8, 32]
+        args.multiplier, args.batch_size = 1, 2
+    import ray
+    import torch
+
+    torch.set_num_threads(1)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="search_efficiency_")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=args.num_cpus, log_to_driver=False)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    concurrency = max(1, min(args.concurrency or int(cpus), args.trials))
+    cpus_per_worker = round(max(0.05, cpus / concurrency - DRIVER_CPU), 3)
+    store = args.data or _make_store(work, args.smoke)
+    base = _base_config(store, work, args, cpus_per_worker)
+    space = _space(args)
+    started = time.monotonic()
+    results: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float] = {}
+    for strategy in ("fifo_random", "asha_tpe"):
+        t0 = time.monotonic()
+        results[strategy] = run_strategy(strategy, base=base, space=space, trials=args.trials,
+                                         epochs=args.epochs, concurrency=concurrency,
+                                         seed=args.seed, storage=work / "tune")
+        seconds[strategy] = time.monotonic() - t0
+    target = max((r["val_score"] for r in results["fifo_random"]), default=float("nan"))
+    print(f"\nSearch efficiency: {args.trials} trials x up to {args.epochs} epochs, "
+          f"{concurrency} at a time, seed {args.seed}; store {store}")
+    print(f"machine: {platform.node()} {platform.machine()}, {cpus:g} Ray CPUs; "
+          f"ray {ray.__version__}, torch {torch.__version__}")
+    print(_table(results, target))
+    print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+          + f"; total {time.monotonic() - started:.0f} s")
+    (work / "search_efficiency.json").write_text(json.dumps(
+        {"args": vars(args), "target": target, "seconds": seconds, "reports": results}, indent=2))
+    print(f"reports: {work / 'search_efficiency.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

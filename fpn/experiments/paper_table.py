@@ -1,0 +1,484 @@
+"""``paper-table``: every (network, pretraining, ratio, seed) of the poster, on Ray, as one table.
+
+Plan: one pretraining per (network, SSL target), then one fine-tuning per (network, pretraining
+or none, ratio, seed), each a :func:`fpn.training.driver.run_training` call with the preset's
+fixed recipe. Each call runs in its own Ray task (a driver holding :data:`DRIVER_CPU`), its Train
+workers in their own placement group; as many run at once as the cluster's CPUs (or GPUs) allow,
+and a fine-tuning from a pretraining starts once that pretraining has finished. Each fine-tuned
+k-best ensemble is then evaluated on the test split, in the same task.
+
+Run names are deterministic (``pt-<preset>-<store fingerprint>-<model>-<ssl>-r<ratio>-s<seed>``;
+``...-pretrain-<model>-<target>``), so running the command again trains only what is missing
+(``run_training`` returns a finished run's outcome at once) and evaluates only what has no
+``evaluations/<run>.json`` yet.
+
+Pooling seeds: a method's value on a test visit is the mean over its seeds of that visit's
+metric; cells are mean ± std of those values over test visits, and the Wilcoxon test pairs them
+by test visit. Seed ``s`` sets both the training seed and the labelled-subset seed (so seeds
+also vary which patients are labelled; every method sees the same subsets). Pretrainings use
+seed 0.
+
+Outputs in OUT: ``paper_table.md`` (Dice, HD95 and GA-area error tables), ``paper_table.csv``
+(every cell with its p-value), ``per_visit.csv`` (every run's test visits), ``dice_vs_ratio.png``,
+all also logged to one MLflow parent run (``paper-table-<preset>-<fingerprint>``) whose children
+are the training runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fpn.config import SSL_TARGETS, TrainConfig, set_dotted
+from fpn.experiments.presets import PRESETS, Preset
+from fpn.experiments.stats import Cell, build_cells, cells_csv, table_markdown
+
+__all__ = [
+    "DRIVER_CPU",
+    "EXPERIMENT",
+    "METHOD_NAMES",
+    "SSL_LABELS",
+    "Job",
+    "PaperTableResult",
+    "plan_concurrency",
+    "plan_jobs",
+    "row_label",
+    "run_paper_table",
+]
+
+#: CPU held by each run's Ray task (the Train driver); its workers have their own
+DRIVER_CPU = 0.05
+EXPERIMENT = "fpn-paper-table"
+#: the poster's names of the networks
+METHOD_NAMES = {"fpn": "FPN", "resensnet": "ReSensNet", "lachinov": "Lachinov et al.",
+                "ipn": "IPN", "ipnv2": "IPNv2"}
+#: how a pretraining target is written after the method name
+SSL_LABELS = {"inverted_faf": "FAF", "faf": "raw FAF", "slo": "SLO"}
+#: networks whose constructor needs the store's depth D
+DEPTH_MODELS = ("resensnet", "ipn", "ipnv2")
+#: (metric key, table title, scale, higher is better)
+METRICS = (("dice", "Dice (%)", 100.0, True), ("hd95", "HD95 (mm)", 1.0, False),
+           ("area_error_mm2", "GA-area error (mm²)", 1.0, False))
+
+
+def _log(msg: str) -> None:
+    print(f"[paper-table] {msg}", flush=True)
+
+
+def row_label(model: str, ssl: str) -> str:
+    """``FPN``, ``FPN (FAF)``, ``Lachinov et al. (SLO)``, ..."""
+    name = METHOD_NAMES.get(model, model)
+    return name if ssl == "none" else f"{name} ({SSL_LABELS.get(ssl, ssl)})"
+
+
+@dataclass
+class Job:
+    """One training run: its config, the run it waits for, and whether it is evaluated."""
+
+    name: str
+    config: dict[str, Any]
+    after: str | None = None
+    evaluate: bool = False
+    model: str = ""
+    ssl: str = "none"
+    ratio: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class PaperTableResult:
+    """What a ``paper-table`` run produced."""
+
+    out: Path
+    parent_run_id: str
+    cells: dict[str, list[Cell]]
+    markdown: str
+    failed: dict[str, str] = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)
+
+
+def plan_concurrency(cpus: float, gpus: float, workers_per_run: int, gpus_per_worker: float,
+                     max_concurrent: int | None = None) -> tuple[int, float]:
+    """``(runs at once, CPUs per Train worker)`` that fit the cluster without deadlock.
+
+    A run holds :data:`DRIVER_CPU` for its task plus ``workers_per_run`` workers; more runs than
+    fit would hold driver slots while their workers wait for CPUs that never come free.
+    """
+    w = workers_per_run
+    if gpus_per_worker > 0:
+        if gpus < w * gpus_per_worker:
+            raise ValueError(f"a run needs {w * gpus_per_worker:g} GPUs; the cluster has {gpus:g}")
+        fit = int(gpus // (w * gpus_per_worker))
+    else:
+        fit = max(1, int(cpus // w))
+    conc = max(1, min(max_concurrent or fit, fit))
+    cpw = max(0.05, (cpus / conc - DRIVER_CPU) / w)
+    if DRIVER_CPU + w * cpw > cpus + 1e-9:
+        raise ValueError(f"a run needs {DRIVER_CPU + w * cpw:g} CPUs; the cluster has {cpus:g}")
+    return conc, round(cpw, 3)
+
+
+def _base_tree(store: str, preset: Preset, overrides: dict[str, Any], *, storage: str,
+               tracking_uri: str, experiment: str, workers: int, cpus_per_worker: float) -> dict:
+    tree: dict[str, Any] = {"data": {"store": store}, "model": {"name": "fpn", "kwargs": {}}}
+    for dotted, value in {**preset.overrides, **overrides}.items():
+        set_dotted(tree, dotted, value)
+    tree.update(storage=storage, mlflow=tracking_uri, experiment=experiment, workers=workers)
+    tree.setdefault("cpus_per_worker", cpus_per_worker)
+    tree.setdefault("threads_per_worker", max(1, int(tree["cpus_per_worker"])))
+    return tree
+
+
+def _tree_for(base: dict[str, Any], *, task: str, model: str, target: str, ratio: float,
+              seed: int, name: str, init: str | None, depth: int) -> dict[str, Any]:
+    tree = json.loads(json.dumps(base))  # a deep copy of plain data
+    tree["task"] = task
+    tree["data"].update(target=target, ratio=ratio, subset_seed=seed)
+    tree["model"]["name"] = model
+    if model in DEPTH_MODELS:
+        tree["model"]["kwargs"].setdefault("depth", depth)
+    tree.update(seed=seed, run_name=name, init=init)
+    TrainConfig.model_validate(tree)  # a bad override fails here, before anything runs
+    return tree
+
+
+def plan_jobs(base: dict[str, Any], *, prefix: str, models: Sequence[str], ssl: Sequence[str],
+              ratios: Sequence[float], seeds: int, depth: int, storage: str) -> list[Job]:
+    """Pretrainings first (one per model and target), then every fine-tuning.
+
+    Args:
+        base: the shared TrainConfig tree (store, recipe, storage, tracking).
+        prefix: run name prefix (``pt-<preset>-<fingerprint8>``).
+        depth: the store's D, for the networks that need it at construction.
+        storage: where runs live (to name a pretraining's run directory for ``init``).
+    """
+    jobs: list[Job] = []
+    for model in models:
+        for target in ssl:
+            if target == "none":
+                continue
+            name = f"{prefix}-pretrain-{model}-{target}"
+            jobs.append(Job(name, _tree_for(base, task="pretrain", model=model, target=target,
+                                            ratio=1.0, seed=0, name=name, init=None, depth=depth),
+                            model=model, ssl=target))
+    for model in models:
+        for target in ssl:
+            pre = None if target == "none" else f"{prefix}-pretrain-{model}-{target}"
+            init = None if pre is None else _join(storage, pre)
+            for ratio in ratios:
+                for seed in range(seeds):
+                    name = f"{prefix}-{model}-{target}-r{ratio:g}-s{seed}"
+                    jobs.append(Job(name, _tree_for(base, task="finetune", model=model,
+                                                    target="mask", ratio=ratio, seed=seed,
+                                                    name=name, init=init, depth=depth),
+                                    after=pre, evaluate=True, model=model, ssl=target,
+                                    ratio=ratio, seed=seed))
+    return jobs
+
+
+def _join(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}" if "://" in storage else str(Path(storage) / name)
+
+
+# -- one run, in a Ray task ------------------------------------------------------------------
+
+def _evaluate_run(outcome: Any, cfg: TrainConfig, eval_file: str) -> list[dict[str, Any]]:
+    """Test-split records of the run's k-best ensemble, cached in ``eval_file``."""
+    path = Path(eval_file)
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("mlflow_run_id") == outcome.mlflow_run_id:
+            return cached["records"]
+    from mlflow.entities import Metric
+
+    from fpn.data.store import open_store
+    from fpn.evaluation import evaluate_ensemble
+    from fpn.inference import load_ensemble
+    from fpn.tracking import client_for
+
+    store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
+    keys = [v.key for v in store.visits_for(splits="test", require="mask")]
+    if not keys:
+        raise ValueError(f"{cfg.data.store}: no 'test' visits with a mask")
+    ensemble = load_ensemble(outcome.run_dir, cfg.tracking_uri())
+    metrics = evaluate_ensemble(ensemble, store, keys)
+    records = [{**r, "area_error_mm2": abs(r["area_pred_mm2"] - r["area_true_mm2"])}
+               for r in metrics.records]
+    agg = metrics.aggregate()
+    client_for(cfg.tracking_uri()).log_batch(
+        outcome.mlflow_run_id, metrics=[Metric(f"test/{k}", float(v), int(time.time() * 1000), 0)
+                                        for k, v in agg.items() if math.isfinite(v)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"mlflow_run_id": outcome.mlflow_run_id, "records": records},
+                              default=str))
+    os.replace(tmp, path)
+    return records
+
+
+def _execute_job(config: dict[str, Any], parent_run_id: str, tags: dict[str, str],
+                 eval_file: str | None) -> dict[str, Any]:
+    """Train (or find finished) one run; evaluate it when ``eval_file`` is given."""
+    import torch
+
+    from fpn.training.driver import run_training
+
+    torch.set_num_threads(1)  # the work happens in the Train workers; evaluation is small
+    cfg = TrainConfig.model_validate(config)
+    started = time.monotonic()
+    outcome = run_training(cfg, parent_run_id=parent_run_id, extra_tags=tags)
+    out: dict[str, Any] = {"outcome": asdict(outcome), "seconds": time.monotonic() - started}
+    if eval_file is not None:
+        out["records"] = _evaluate_run(outcome, cfg, eval_file)
+    return out
+
+
+def _run_jobs(jobs: list[Job], *, concurrency: int, parent_run_id: str, eval_dir: Path,
+              tags: dict[str, str]) -> tuple[dict[str, dict], dict[str, str]]:
+    """Run ``jobs`` as Ray tasks, at most ``concurrency`` at once, each after its ``after``."""
+    import ray
+
+    remote = ray.remote(num_cpus=DRIVER_CPU, max_retries=0)(_execute_job)
+    pending = list(jobs)
+    running: dict[Any, Job] = {}
+    done: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    while pending or running:
+        for job in [j for j in pending if j.after in failed]:
+            pending.remove(job)
+            failed[job.name] = f"its pretraining {job.after} failed"
+        ready = [j for j in pending if j.after is None or j.after in done]
+        while ready and len(running) < concurrency:
+            job = ready.pop(0)
+            pending.remove(job)
+            eval_file = str(eval_dir / f"{job.name}.json") if job.evaluate else None
+            job_tags = {**tags, "fpn.paper_table_method": row_label(job.model, job.ssl)}
+            running[remote.remote(job.config, parent_run_id, job_tags, eval_file)] = job
+        if not running:
+            break
+        finished, _ = ray.wait(list(running), num_returns=1)
+        job = running.pop(finished[0])
+        try:
+            done[job.name] = ray.get(finished[0])
+            _log(f"{job.name}: done ({done[job.name]['seconds']:.0f} s)")
+        except Exception as exc:  # noqa: BLE001 -- a failed run must not take the others with it
+            failed[job.name] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            _log(f"{job.name}: FAILED: {failed[job.name]}")
+    return done, failed
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+def pooled_values(jobs: Sequence[Job], done: dict[str, dict],
+                  metric: str) -> dict[str, dict[float, dict[str, float]]]:
+    """``{row: {ratio: {visit: mean over seeds}}}`` of one per-visit metric."""
+    import numpy as np
+
+    per_seed: dict[str, dict[float, dict[str, list[float]]]] = {}
+    for job in jobs:
+        if not job.evaluate or job.name not in done:
+            continue
+        visits = per_seed.setdefault(row_label(job.model, job.ssl), {}).setdefault(job.ratio, {})
+        for rec in done[job.name]["records"]:
+            value = rec.get(metric)
+            visits.setdefault(rec["visit"], []).append(
+                float(value) if value is not None else math.nan)
+    out: dict[str, dict[float, dict[str, float]]] = {}
+    for row, by_ratio in per_seed.items():
+        for ratio, visits in by_ratio.items():
+            pooled = {}
+            for v, vals in visits.items():
+                arr = np.array(vals, dtype=float)
+                pooled[v] = float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan
+            out.setdefault(row, {})[ratio] = pooled
+    return out
+
+
+def _per_visit_csv(jobs: Sequence[Job], done: dict[str, dict]) -> str:
+    buf = io.StringIO()
+    cols = ["method", "model", "ssl", "ratio", "seed", "run", "visit", "dice", "hd95",
+            "area_pred_mm2", "area_true_mm2", "area_error_mm2"]
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for job in jobs:
+        if job.evaluate and job.name in done:
+            for rec in done[job.name]["records"]:
+                w.writerow({**rec, "method": row_label(job.model, job.ssl), "model": job.model,
+                            "ssl": job.ssl, "ratio": f"{job.ratio:g}", "seed": job.seed,
+                            "run": job.name})
+    return buf.getvalue()
+
+
+def _plot(cells: Sequence[Cell], path: Path) -> Path:
+    from tune.report import TableRow, plot_table
+
+    rows = [TableRow(c.row, c.ratio, c.mean, c.std, c.visits, "") for c in cells if c.visits]
+    return plot_table(rows, path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _report(preset: str, seeds: int, cells: dict[str, list[Cell]], failed: dict[str, str]) -> str:
+    legend = (f"Mean ± std over test visits (each visit's value averaged over {seeds} seed(s)); "
+              "k-best ensemble. Stars: paired Wilcoxon signed-rank test against the best row of "
+              "the column (bold): * p < 0.05, ** p < 0.01, *** p < 0.001.")
+    lines = [f"# Test results, preset `{preset}`", "", legend, ""]
+    for key, title, scale, _ in METRICS:
+        lines += [f"## {title}", "", table_markdown(cells[key], title="Method", scale=scale)]
+    if failed:
+        lines += ["## Failed runs", ""] + [f"- `{k}`: {v}" for k, v in failed.items()] + [""]
+    return "\n".join(lines)
+
+
+# -- the command -----------------------------------------------------------------------------
+
+def _make_demo_store(out: Path) -> str:
+    from data_prep.__main__ import demo_main as data_demo
+
+    rc = data_demo(["--out", str(out / "data"), "--patients", "12", "--unlabelled", "4",
+                    "--shape", "16", "64", "128", "--visits", "3"])
+    if rc:
+        raise RuntimeError(f"{out / 'data'}: making the synthetic store failed (exit code {rc})")
+    return str(out / "data" / "store.zarr")
+
+
+def _check_grid(models: Sequence[str], ssl: Sequence[str], ratios: Sequence[float],
+                seeds: int) -> None:
+    from fpn.models import list_models
+
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; expected some of {list_models()}")
+    bad = [s for s in ssl if s != "none" and s not in SSL_TARGETS]
+    if bad:
+        raise ValueError(f"unknown pretraining(s) {bad}; expected some of {('none', *SSL_TARGETS)}")
+    if not models or not ssl or not ratios:
+        raise ValueError("--models, --ssl and --ratios must each name at least one value")
+    if any(not 0 < r <= 1 for r in ratios):
+        raise ValueError(f"ratios must be in (0, 1], got {list(ratios)}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+
+
+def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = "quick",
+                    models: Sequence[str] | None = None, ssl: Sequence[str] | None = None,
+                    ratios: Sequence[float] | None = None, seeds: int | None = None,
+                    workers_per_run: int = 1, gpus_per_worker: float = 0.0,
+                    mlflow: str | None = None, experiment: str = EXPERIMENT,
+                    overrides: dict[str, Any] | None = None, max_concurrent: int | None = None,
+                    num_cpus: int | None = None) -> PaperTableResult:
+    """Train, evaluate and tabulate the grid; see the module docstring.
+
+    Args:
+        out: folder for the runs, evaluations, tables, plot (and the store and MLflow database
+            when not given).
+        store: the fpn store; None makes the synthetic store of ``python -m fpn demo`` in OUT.
+        preset: ``quick`` or ``paper`` (:mod:`fpn.experiments.presets`).
+        models, ssl, ratios, seeds: the grid; None takes the preset's default.
+        workers_per_run: Ray Train workers of each run.
+        gpus_per_worker: GPUs of each Train worker (0 on CPU).
+        mlflow: tracking URI (default ``sqlite:///OUT/mlflow.db``).
+        overrides: dotted TrainConfig values applied after the preset's (tests, experiments).
+        max_concurrent: at most this many runs at once (default: what the cluster fits).
+        num_cpus: CPUs of the local Ray started when none is running.
+
+    Returns:
+        The cells of each metric's table, the Markdown report, the parent MLflow run and the
+        failed runs (a failed run leaves its cells empty; the others go on).
+    """
+    import ray
+
+    from fpn.data.store import open_store
+    from fpn.tracking import client_for, ensure_experiment, find_or_create_run
+    from fpn.training.driver import ensure_ray
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    chosen = PRESETS[preset]
+    models = list(models or chosen.models)
+    ssl = list(ssl or chosen.ssl)
+    ratios = sorted(float(r) for r in (ratios or chosen.ratios))
+    seeds = int(seeds if seeds is not None else chosen.seeds)
+    _check_grid(models, ssl, ratios, seeds)
+    if workers_per_run < 1:
+        raise ValueError(f"--workers-per-run must be >= 1, got {workers_per_run}")
+
+    if store is not None:
+        open_store(store)  # a bad store fails here, with its name, before OUT is made
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_ray(num_cpus)
+    store_path = store if store is not None else _make_demo_store(out)
+    opened = open_store(store_path)
+    depth = opened.visits_for()[0].shape[1]
+    uri = mlflow or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
+    res = ray.cluster_resources()
+    conc, cpw = plan_concurrency(float(res.get("CPU", 1)), float(res.get("GPU", 0)),
+                                 workers_per_run, gpus_per_worker, max_concurrent)
+    base = _base_tree(store_path, chosen, {"gpus_per_worker": gpus_per_worker,
+                                           **(overrides or {})},
+                      storage=str(out / "runs"), tracking_uri=uri, experiment=experiment,
+                      workers=workers_per_run, cpus_per_worker=cpw)
+    prefix = f"pt-{preset}-{opened.fingerprint[:8]}"
+    jobs = plan_jobs(base, prefix=prefix, models=models, ssl=ssl, ratios=ratios, seeds=seeds,
+                     depth=depth, storage=base["storage"])
+
+    client = client_for(uri)
+    exp_id = ensure_experiment(client, experiment, uri)
+    grid_tags = {"fpn.role": "paper-table", "fpn.preset": preset,
+                 "fpn.store": store_path, "fpn.store_fingerprint": opened.fingerprint,
+                 "fpn.models": ",".join(models), "fpn.ssl": ",".join(ssl),
+                 "fpn.ratios": ",".join(f"{r:g}" for r in ratios), "fpn.seeds": str(seeds)}
+    parent_id, resumed = find_or_create_run(client, exp_id, f"paper-table-{preset}-"
+                                            f"{opened.fingerprint[:8]}", grid_tags)
+    for k, v in grid_tags.items():
+        client.set_tag(parent_id, k, v)
+    if resumed:
+        client.update_run(parent_id, status="RUNNING")
+    finished_before = {j.name for j in jobs if _finished(base["storage"], j.name)}
+    _log(f"{len(jobs)} runs ({len(finished_before)} already finished), {conc} at a time, "
+         f"{cpw:g} CPU per Train worker; MLflow {uri}, parent run {parent_id}")
+
+    done, failed = _run_jobs(jobs, concurrency=conc, parent_run_id=parent_id,
+                             eval_dir=out / "evaluations", tags={"fpn.paper_table": preset})
+
+    cells = {key: build_cells(pooled_values(jobs, done, key), higher_is_better=better)
+             for key, _, _, better in METRICS}
+    markdown = _report(preset, seeds, cells, failed)
+    _write_atomic(out / "paper_table.md", markdown)
+    _write_atomic(out / "paper_table.csv", cells_csv(cells))
+    _write_atomic(out / "per_visit.csv", _per_visit_csv(jobs, done))
+    artifacts = [out / "paper_table.md", out / "paper_table.csv", out / "per_visit.csv"]
+    if cells["dice"]:
+        artifacts.append(_plot(cells["dice"], out / "dice_vs_ratio.png"))
+    for path in artifacts:
+        client.log_artifact(parent_id, str(path))
+    client.set_tag(parent_id, "fpn.failed_runs", str(len(failed)))
+    client.set_terminated(parent_id, status="FAILED" if failed else "FINISHED")
+    print(markdown, flush=True)
+    _log(f"tables in {out / 'paper_table.md'}; MLflow parent run {parent_id}")
+    return PaperTableResult(out=out, parent_run_id=parent_id, cells=cells, markdown=markdown,
+                            failed=failed,
+                            trained=[n for n in done if n not in finished_before])
+
+
+def _finished(storage: str, name: str) -> bool:
+    from fpn.inference import RUN_FILE, join_location, read_location_text
+
+    text = read_location_text(join_location(join_location(storage, name), RUN_FILE))
+    try:
+        return bool(text and json.loads(text).get("finished"))
+    except ValueError:
+        return False
