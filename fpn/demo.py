@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from fpn.config import TrainConfig
+from fpn.config import TrainConfig, set_dotted
 
 __all__ = ["demo_config", "demo_main"]
 
@@ -30,11 +30,7 @@ def demo_config(store: str, out: Path, task: str, **over) -> TrainConfig:
         "storage": str(out / "runs"), "mlflow": f"sqlite:///{(out / 'mlflow.db').resolve()}",
     }
     for k, v in over.items():
-        node = tree
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
+        set_dotted(tree, k, v)
     return TrainConfig.model_validate(tree)
 
 

@@ -37,11 +37,7 @@ def _cfg(store: Path, tmp: Path, task: str, **over) -> TrainConfig:
         "log_model": False, "keep_best": 2, "max_failures": 0,
     }
     for k, v in over.items():
-        node = tree
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
+        set_dotted(tree, k, v)
     return TrainConfig.model_validate(tree)
 
 

@@ -15,6 +15,7 @@ from fpn.models.blocks import (
     EncoderUnitB,
     Upsample2d,
     check_choice,
+    check_io_channels,
     init_weights,
     pad_volume,
     scale_channels,
@@ -79,8 +80,7 @@ class FPN(nn.Module):
         final_kernels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+        check_io_channels(in_channels, out_channels)
         if len(channels) != 5:
             raise ValueError(f"channels must have 5 entries (one per level), got {tuple(channels)!r}")
         check_choice("upsample", upsample, ("nearest", "transpose"))

@@ -21,6 +21,7 @@ from torch import nn
 from fpn.models._registry import register_model
 from fpn.models.blocks import (
     check_choice,
+    check_io_channels,
     init_weights,
     make_norm,
     pad_volume,
@@ -107,8 +108,7 @@ class IPN(nn.Module):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+        check_io_channels(in_channels, out_channels)
         check_choice("norm", norm, ("batch", "instance", "group"))
         chans = scale_channels((channels,) * 5 if isinstance(channels, int) else channels, width)
         self.pools = depth_pools(depth, len(chans))

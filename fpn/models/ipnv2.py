@@ -21,6 +21,7 @@ from fpn.models._registry import register_model
 from fpn.models.blocks import (
     Upsample2d,
     check_choice,
+    check_io_channels,
     init_weights,
     make_norm,
     pad_volume,
@@ -70,8 +71,7 @@ class IPNv2(nn.Module):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+        check_io_channels(in_channels, out_channels)
         if len(channels) != 2:
             raise ValueError(f"channels must be (projection, plane perceptron), got {tuple(channels)!r}")
         if levels < 1:

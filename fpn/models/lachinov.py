@@ -19,6 +19,7 @@ from torch import nn
 from fpn.models._registry import register_model
 from fpn.models.blocks import (
     check_choice,
+    check_io_channels,
     init_weights,
     make_norm,
     pad_volume,
@@ -75,8 +76,7 @@ class Lachinov(nn.Module):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+        check_io_channels(in_channels, out_channels)
         if len(channels) < 2:
             raise ValueError(f"channels needs at least 2 levels, got {tuple(channels)!r}")
         check_choice("upsample", upsample, ("nearest", "transpose"))
