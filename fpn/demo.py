@@ -53,7 +53,9 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
     if rc:
         return rc
     store = str(out / "data" / "store.zarr")
-    common = {"epochs": args.epochs, "workers": args.workers}
+    # a laptop run uses every core: each worker gets its share of CPUs (and as many threads)
+    common = {"epochs": args.epochs, "workers": args.workers,
+              "cpus_per_worker": max(1.0, float((os.cpu_count() or 1) // args.workers))}
     pre = run_training(demo_config(store, out, "pretrain", run_name="demo-pretrain", **common))
     results = {}
     for label, init in (("FPN", None), ("FPN + inverted-FAF SSL", pre.run_dir)):
