@@ -103,6 +103,7 @@ def node_loss_drill(work: Path, *, elastic: bool = False, epochs: int = 4, kill_
                      "loader_workers": 0},
             "model": {"name": "fpn", "kwargs": {"width": 0.25}},
             "optim": {"lr": 0.01}, "epochs": epochs, "batch_size": 2, "workers": 2,
+            "workers_min": 1 if elastic else None,
             "threads_per_worker": 1, "storage": str(work / "runs"),
             "mlflow": f"sqlite:///{work / 'mlflow.db'}", "experiment": "drills",
             "run_name": name, "log_model": False, "keep_best": epochs, "overlay_every": 0,
@@ -133,7 +134,7 @@ def node_loss_drill(work: Path, *, elastic: bool = False, epochs: int = 4, kill_
 
         def train() -> None:
             try:
-                result["outcome"] = run_training(cfg, workers_min=1 if elastic else None)
+                result["outcome"] = run_training(cfg)
             except BaseException as exc:  # noqa: BLE001 -- re-raised in the main thread
                 result["error"] = exc
             finally:

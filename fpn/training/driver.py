@@ -12,7 +12,7 @@ than AWS (MinIO, moto), set ``AWS_ENDPOINT_URL`` (and credentials) in the driver
 the driver builds Ray's storage filesystem from it and forwards :data:`FORWARDED_ENV` to the
 workers, so a Ray instance started without those variables still reaches the endpoint.
 
-Elastic training: ``workers_min`` (a ``TrainConfig`` field, or the ``workers_min`` argument) turns ``workers`` into a range, ``ScalingConfig(num_workers=(min, max))``:
+Elastic training: ``cfg.workers_min`` turns ``workers`` into a range, ``ScalingConfig(num_workers=(min, max))``:
 a run that loses a node goes on with fewer workers instead of waiting for a replacement.
 """
 
@@ -130,8 +130,7 @@ def _checkpoint_location(path: str, storage: str) -> str:
 def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
                  extra_tags: dict[str, str] | None = None,
                  ray_callbacks: list[Any] | None = None,
-                 worker_env: dict[str, str] | None = None,
-                 workers_min: int | None = None) -> TrainingOutcome:
+                 worker_env: dict[str, str] | None = None) -> TrainingOutcome:
     """Train one network with Ray Train and track it in MLflow.
 
     Args:
@@ -141,8 +140,6 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
         ray_callbacks: Ray Train ``UserCallback``s (the Tune bridge passes ``TuneReportCallback``).
         worker_env: more environment variables for the Ray Train workers (added to the
             :data:`FORWARDED_ENV` ones the driver has); not logged anywhere.
-        workers_min: elastic training between ``workers_min`` and ``cfg.workers`` workers
-            (default: ``cfg.workers_min``; None = a fixed ``cfg.workers``).
 
     Returns:
         The outcome; its ``best_checkpoints`` feed :func:`fpn.inference.load_ensemble`.
@@ -198,9 +195,7 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
         logger.set_tags({"fpn.init": cfg.init})
 
     ensure_ray()
-    workers_min = workers_min if workers_min is not None else cfg.workers_min
-    if workers_min is not None and not 1 <= workers_min <= cfg.workers:
-        raise ValueError(f"workers_min must be in [1, workers={cfg.workers}], got {workers_min}")
+    workers_min = cfg.workers_min  # validated by TrainConfig: 1 <= workers_min <= workers
     num_workers: int | tuple[int, int] = (
         (workers_min, cfg.workers) if workers_min is not None and workers_min < cfg.workers
         else cfg.workers)

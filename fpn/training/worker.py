@@ -111,7 +111,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
 
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    opt = build_optimizer(model, cfg.optim, {f"{n}" for n in pretrained})
+    opt = build_optimizer(model, cfg.optim, pretrained)
     sched = build_scheduler(opt, cfg.optim, cfg.epochs)
     if train_state is not None:
         opt.load_state_dict(train_state["optimizer"])
