@@ -17,7 +17,7 @@ from PIL import Image
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from fpn.config import TrainConfig
+from fpn.config import TrainConfig, set_dotted
 from fpn.data.splits import plan_visits, ratio_patients, subset_size
 from fpn.data.store import open_store
 from fpn.inference import MODEL_FILE, load_member_file
