@@ -23,6 +23,7 @@ __all__ = [
     "TrainConfig",
     "default_mlflow_uri",
     "load_config",
+    "read_yaml_mapping",
 ]
 
 SSL_TARGETS = ("inverted_faf", "faf", "slo")
@@ -196,16 +197,22 @@ def default_mlflow_uri() -> str:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config and apply dotted overrides (``{"optim.lr": 0.01}``)."""
+    raw = read_yaml_mapping(path, "config")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    return TrainConfig.model_validate(raw)
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; a clear ``ValueError`` naming the file otherwise."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read config: {exc}") from exc
+        raise ValueError(f"{path}: cannot read {what}: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: config must be a mapping, got {type(raw).__name__}")
-    for dotted, value in (overrides or {}).items():
-        set_dotted(raw, dotted, value)
-    return TrainConfig.model_validate(raw)
+        raise ValueError(f"{path}: a {what} must be a mapping, got {type(raw).__name__}")
+    return raw
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fpn.config import read_yaml_mapping
 
 __all__ = ["DEMO_SHAPE", "DEMO_TRAIN", "SearchConfig", "load_search_config"]
 
@@ -129,15 +130,7 @@ class SearchConfig(BaseModel):
 
 def load_search_config(path: str | Path | None, overrides: dict[str, Any]) -> SearchConfig:
     """``--config`` YAML (optional) with the flags that were given applied on top."""
-    raw: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"{p}: cannot read search config: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ValueError(f"{p}: a search config is a mapping, got {type(raw).__name__}")
+    raw: dict[str, Any] = read_yaml_mapping(path, "search config") if path else {}
     given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(raw.get("train"), dict) and "train" in given:  # --set adds to the file's
         given["train"] = {**raw["train"], **given["train"]}
