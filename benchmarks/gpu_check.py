@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_speed import PlainFPN, copy_plain_weights, time_train_step  # noqa: E402
+from model_speed import PlainFPN, copy_plain_weights, time_train_step
 
-from fpn.models import create_model, list_models  # noqa: E402
+from fpn.models import create_model, list_models
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -37,7 +37,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from fpn.models import create_model, list_models  # noqa: E402
+from fpn.models import create_model, list_models
 
 __all__ = ["PlainFPN", "copy_plain_weights", "time_train_step"]
 

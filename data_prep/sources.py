@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["VisitSource", "VisitArrays", "Problem", "visit_key", "DataError"]
+__all__ = ["DataError", "Problem", "VisitArrays", "VisitSource", "visit_key"]
 
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

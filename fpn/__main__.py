@@ -15,7 +15,7 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-__all__ = ["main", "config_from_args"]
+__all__ = ["config_from_args", "main"]
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:

@@ -211,7 +211,8 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"{path}: cannot read {what}: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a {what} must be a mapping, got {type(raw).__name__}")
+        # ValueError, not TypeError: the CLIs report ValueError as bad input with its file
+        raise ValueError(f"{path}: a {what} must be a mapping, got {type(raw).__name__}")  # noqa: TRY004
     return raw
 
 

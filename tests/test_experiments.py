@@ -85,14 +85,27 @@ def _attempt_lines(runs: Path) -> dict[str, int]:
             for d in sorted(runs.iterdir()) if (d / "attempts.jsonl").is_file()}
 
 
-def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_path):
+def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     from fpn.experiments import run_paper_table
+    from fpn.experiments.__main__ import main
+    from fpn.experiments.paper_table import plan_paper_table
 
     kwargs = {"out": tmp_path / "pt", "store": str(synthetic_store), "preset": "quick",
               "models": ["fpn"], "ssl": ["none", "inverted_faf"], "ratios": [1.0], "seeds": 1,
               "overrides": TINY}
+    plan_args = ["paper-table", "--plan", "--data", str(synthetic_store), "--out",
+                 str(tmp_path / "pt"), "--models", "fpn", "--ssl", "none,inverted_faf",
+                 "--ratios", "1.0", "--seeds", "1", "--crops-per-second", "2"]
+    plan_args += [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    assert main(plan_args) == 0
+    plan = capsys.readouterr().out
+    assert "3 runs (0 finished); still to train: 3 runs" in plan
+    assert "| pretrain | inverted_faf | 1 | 0 | 1 |" in plan and "| finetune | ratio 1 | 2 | 0 |" in plan
+    assert "run-hours of training" in plan
+    assert not (tmp_path / "pt" / "runs").exists()  # a plan trains nothing
+
     first = run_paper_table(**kwargs)
     assert not first.failed, first.failed
     assert len(first.trained) == 3  # one pretraining, two fine-tunings
@@ -123,6 +136,9 @@ def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_
     assert len(attempts) == 3 and set(attempts.values()) == {1}
     evaluated = {p.name: p.stat().st_mtime_ns for p in (out / "evaluations").iterdir()}
 
+    replanned = plan_paper_table(**kwargs)
+    assert "3 runs (3 finished); still to train: 0 runs, 0 training crops" in replanned
+
     again = run_paper_table(**kwargs)
     assert again.trained == [] and not again.failed
     assert again.parent_run_id == first.parent_run_id
@@ -146,4 +162,12 @@ def test_missing_store_is_refused_with_its_name(tmp_path, capsys):
     missing = tmp_path / "nope.zarr"
     assert main(["paper-table", "--data", str(missing), "--out", str(tmp_path / "o")]) == 2
     assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_crops_per_second_needs_plan(tmp_path, capsys):
+    from fpn.experiments.__main__ import main
+
+    assert main(["paper-table", "--crops-per-second", "5", "--out", str(tmp_path / "o")]) == 2
+    assert "--plan" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -56,9 +56,9 @@ def test_ratio_subsets_are_nested_seeded_and_sized():
 def test_plan_keeps_patients_whole_and_splits_apart(synthetic_store):
     store = open_store(str(synthetic_store))
     parts = {p: set(ids) for p, ids in store.split.items()}
-    for a in parts:
-        for b in parts:
-            assert a == b or not parts[a] & parts[b]
+    for a, ids_a in parts.items():
+        for b, ids_b in parts.items():
+            assert a == b or not ids_a & ids_b
     plan = plan_visits(store, "mask", ratio=0.5, seed=0)
     chosen = set(plan.train_patients)
     assert chosen <= parts["train"] and len(chosen) >= 1

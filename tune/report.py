@@ -176,22 +176,22 @@ def model_card(*, name: str, store: Any, tags: dict[str, str], config: dict[str,
     lines = [
         f"# {name}: en-face segmentation ensemble",
         "",
-        "Input: one OCT volume `(S, D, W)` (B-scans, depth, A-scans; raw intensities) or a batch "
-        "`(B, S, D, W)`. Output: the en-face probability map `(S, W)` / `(B, S, W)`, the mean of "
-        f"the {config.get('keep_best', 'k')} best checkpoints' sigmoid outputs; "
-        "threshold at 0.5 for the mask.",
+        ("Input: one OCT volume `(S, D, W)` (B-scans, depth, A-scans; raw intensities) or a batch "
+         "`(B, S, D, W)`. Output: the en-face probability map `(S, W)` / `(B, S, W)`, the mean of "
+         f"the {config.get('keep_best', 'k')} best checkpoints' sigmoid outputs; "
+         "threshold at 0.5 for the mask."),
         "",
         "## Data",
         f"- store: `{store.location}` (fingerprint `{store.fingerprint}`)",
-        f"- labelled-data ratio {tags.get('ratio')}: {len(train_patients)} training patient(s) "
-        f"(subset seed {data.get('subset_seed', '?')})",
-        f"- test split `{tags.get('test_split')}`: {int(float(test.get('visits', 0)))} visit(s), "
-        f"keys sha `{tags.get('test_keys_sha')}`",
+        (f"- labelled-data ratio {tags.get('ratio')}: {len(train_patients)} training patient(s) "
+         f"(subset seed {data.get('subset_seed', '?')})"),
+        (f"- test split `{tags.get('test_split')}`: {int(float(test.get('visits', 0)))} "
+         f"visit(s), keys sha `{tags.get('test_keys_sha')}`"),
         "",
         "## Results",
         f"- validation Dice (best checkpoint): {float(tags.get('val_dice', 'nan')):.4f}",
-        f"- test Dice: {float(tags.get('test_dice', 'nan')):.4f} ± "
-        f"{float(tags.get('test_dice_std', 'nan')):.4f} (mean ± std over test visits)",
+        (f"- test Dice: {float(tags.get('test_dice', 'nan')):.4f} ± "
+         f"{float(tags.get('test_dice_std', 'nan')):.4f} (mean ± std over test visits)"),
         "",
         "## Recipe",
         f"- self-supervised pretraining: {tags.get('ssl')}"

@@ -58,15 +58,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
                    metavar="KEY=VALUE", help="dotted TrainConfig override on top of the preset, "
                    "e.g. --set epochs=2 --set model.kwargs.width=0.25")
+    p.add_argument("--plan", action="store_true", help="print the runs and the training crops "
+                   "they need (and, with --crops-per-second, the time), train nothing")
+    p.add_argument("--crops-per-second", type=float, help="with --plan: training crops/s of one "
+                   "run on the target hardware, e.g. 67.8 for the FPN on one H100 at 32x128x256 "
+                   "(benchmarks/README.md)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fpn.data.store import StoreError
-    from fpn.experiments.paper_table import run_paper_table
+    from fpn.experiments.paper_table import plan_paper_table, run_paper_table
 
+    if args.crops_per_second is not None and not args.plan:
+        print("paper-table: error: --crops-per-second needs --plan", file=sys.stderr)
+        return 2
     try:
+        if args.plan:
+            plan_paper_table(
+                out=args.out, store=args.data, preset=args.preset, models=args.models,
+                ssl=args.ssl, ratios=args.ratios, seeds=args.seeds,
+                workers_per_run=args.workers_per_run, overrides=dict(args.overrides),
+                max_concurrent=args.max_concurrent, crops_per_second=args.crops_per_second)
+            return 0
         result = run_paper_table(
             out=args.out, store=args.data, preset=args.preset, models=args.models, ssl=args.ssl,
             ratios=args.ratios, seeds=args.seeds, workers_per_run=args.workers_per_run,

@@ -48,8 +48,12 @@ __all__ = [
     "SSL_LABELS",
     "Job",
     "PaperTableResult",
+    "PlannedRun",
     "plan_concurrency",
+    "plan_cost",
     "plan_jobs",
+    "plan_markdown",
+    "plan_paper_table",
     "row_label",
     "run_paper_table",
 ]
@@ -186,6 +190,82 @@ def plan_jobs(base: dict[str, Any], *, prefix: str, models: Sequence[str], ssl: 
 
 def _join(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}" if "://" in storage else str(Path(storage) / name)
+
+
+# -- what the grid costs, before anything runs --------------------------------------------------
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the grid with the work it will do (``--plan``)."""
+
+    name: str
+    task: str
+    target: str
+    method: str
+    ratio: float
+    seed: int
+    train_visits: int
+    val_visits: int
+    epochs: int
+    crops: int  #: training crops over all epochs: epochs x multiplier x training visits
+    finished: bool
+
+
+def plan_cost(jobs: Sequence[Job], store: Any, *, storage: str) -> list[PlannedRun]:
+    """The training visits, validation visits and training crops of every job.
+
+    The counts come from the same :func:`fpn.data.splits.plan_visits` the workers call, so they
+    are what the runs will see.
+    """
+    from fpn.data.splits import plan_visits
+
+    rows = []
+    for job in jobs:
+        cfg = TrainConfig.model_validate(job.config)
+        vp = plan_visits(store, cfg.data.target, cfg.data.ratio, cfg.data.subset_seed)
+        crops = cfg.epochs * cfg.data.multiplier * len(vp.train_keys)
+        rows.append(PlannedRun(job.name, cfg.task, cfg.data.target, row_label(job.model, job.ssl),
+                               job.ratio, job.seed, len(vp.train_keys), len(vp.val_keys),
+                               cfg.epochs, crops, _finished(storage, job.name)))
+    return rows
+
+
+def plan_markdown(rows: Sequence[PlannedRun], *, crop: Sequence[int], concurrency: int = 1,
+                  crops_per_second: float | None = None) -> str:
+    """Runs and crops per pretraining target and per ratio, the totals and, given a throughput,
+    the time it takes.
+
+    Args:
+        crop: the training crop (S, W), named in the text.
+        concurrency: runs at once, for the wall-time estimate.
+        crops_per_second: training crops per second of one run on the target hardware; None
+            leaves the time out. Validation (every validation volume once per epoch) and
+            evaluation are not in the estimate.
+    """
+    groups: dict[tuple[str, str], list[PlannedRun]] = {}
+    for r in rows:
+        what = r.target if r.task == "pretrain" else f"ratio {r.ratio:g}"
+        groups.setdefault((r.task, what), []).append(r)
+    lines = [("| task | target / ratio | runs | finished | epochs | training visits per run | "
+              "training crops |"), "|---|---|---:|---:|---:|---|---:|"]
+    for (task, what), rs in groups.items():
+        low, high = min(r.train_visits for r in rs), max(r.train_visits for r in rs)
+        lines.append(f"| {task} | {what} | {len(rs)} | {sum(r.finished for r in rs)} | "
+                     f"{rs[0].epochs} | {low if low == high else f'{low}-{high}'} | "
+                     f"{sum(r.crops for r in rs):,} |")
+    todo = [r for r in rows if not r.finished]
+    crops = sum(r.crops for r in todo)
+    val = sum(r.epochs * r.val_visits for r in todo)
+    lines += ["", (f"{len(rows)} runs ({len(rows) - len(todo)} finished); still to train: "
+                   f"{len(todo)} runs, {crops:,} training crops of {crop[0]} x D x {crop[1]}, "
+                   f"{val:,} validation volume passes.")]
+    if crops_per_second:
+        hours = crops / crops_per_second / 3600
+        lines.append(f"At {crops_per_second:g} training crops/s per run: {hours:.1f} run-hours of "
+                     f"training, about {hours / max(1, concurrency):.1f} h wall time with "
+                     f"{concurrency} run(s) at once (validation, evaluation and start-up not "
+                     "counted; a fine-tuning waits for its pretraining).")
+    return "\n".join(lines)
 
 
 # -- one run, in a Ray task ------------------------------------------------------------------
@@ -372,6 +452,67 @@ def _check_grid(models: Sequence[str], ssl: Sequence[str], ratios: Sequence[floa
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
 
 
+def _resolve_grid(preset: str, models: Sequence[str] | None, ssl: Sequence[str] | None,
+                  ratios: Sequence[float] | None, seeds: int | None, workers_per_run: int,
+                  ) -> tuple[Preset, list[str], list[str], list[float], int]:
+    """The preset and the grid, the preset's defaults filling what is not given; checked."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    chosen = PRESETS[preset]
+    models = list(models or chosen.models)
+    ssl = list(ssl or chosen.ssl)
+    ratios = sorted(float(r) for r in (ratios or chosen.ratios))
+    seeds = int(seeds if seeds is not None else chosen.seeds)
+    _check_grid(models, ssl, ratios, seeds)
+    if workers_per_run < 1:
+        raise ValueError(f"--workers-per-run must be >= 1, got {workers_per_run}")
+    return chosen, models, ssl, ratios, seeds
+
+
+def plan_paper_table(*, out: str | Path, store: str | None = None, preset: str = "quick",
+                     models: Sequence[str] | None = None, ssl: Sequence[str] | None = None,
+                     ratios: Sequence[float] | None = None, seeds: int | None = None,
+                     workers_per_run: int = 1, overrides: dict[str, Any] | None = None,
+                     max_concurrent: int | None = None,
+                     crops_per_second: float | None = None) -> str:
+    """What :func:`run_paper_table` would train, and what it costs; starts nothing.
+
+    Same grid arguments as :func:`run_paper_table`; ``max_concurrent`` (default 1) and
+    ``crops_per_second`` only feed the time estimate. Without ``store`` it makes (or reuses)
+    the synthetic demo store in OUT, as the real run would.
+
+    Returns:
+        The plan as Markdown (also printed).
+    """
+    from fpn.data.store import open_store
+
+    chosen, models, ssl, ratios, seeds = _resolve_grid(preset, models, ssl, ratios, seeds,
+                                                       workers_per_run)
+    if crops_per_second is not None and not crops_per_second > 0:
+        raise ValueError(f"--crops-per-second must be > 0, got {crops_per_second}")
+    if store is not None:
+        opened = open_store(store)
+    else:
+        out = Path(out).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        store = _make_demo_store(out)
+        opened = open_store(store)
+    storage = str(Path(out).resolve() / "runs")
+    base = _base_tree(store, chosen, dict(overrides or {}), storage=storage,
+                      tracking_uri="sqlite:///unused.db", experiment=EXPERIMENT,
+                      workers=workers_per_run, cpus_per_worker=1.0)
+    jobs = plan_jobs(base, prefix=f"pt-{preset}-{opened.fingerprint[:8]}", models=models,
+                     ssl=ssl, ratios=ratios, seeds=seeds,
+                     depth=opened.visits_for()[0].shape[1], storage=storage)
+    rows = plan_cost(jobs, opened, storage=storage)
+    crop = TrainConfig.model_validate(base | {"task": "finetune"}).data.crop
+    text = (f"# paper-table plan, preset `{preset}`, store {store}\n\n"
+            + plan_markdown(rows, crop=crop, concurrency=max_concurrent or 1,
+                            crops_per_second=crops_per_second))
+    print(text, flush=True)
+    return text
+
+
 def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = "quick",
                     models: Sequence[str] | None = None, ssl: Sequence[str] | None = None,
                     ratios: Sequence[float] | None = None, seeds: int | None = None,
@@ -404,17 +545,8 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
     from fpn.tracking import client_for, ensure_experiment, find_or_create_run
     from fpn.training.driver import ensure_ray
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    chosen = PRESETS[preset]
-    models = list(models or chosen.models)
-    ssl = list(ssl or chosen.ssl)
-    ratios = sorted(float(r) for r in (ratios or chosen.ratios))
-    seeds = int(seeds if seeds is not None else chosen.seeds)
-    _check_grid(models, ssl, ratios, seeds)
-    if workers_per_run < 1:
-        raise ValueError(f"--workers-per-run must be >= 1, got {workers_per_run}")
-
+    chosen, models, ssl, ratios, seeds = _resolve_grid(preset, models, ssl, ratios, seeds,
+                                                       workers_per_run)
     if store is not None:
         open_store(store)  # a bad store fails here, with its name, before OUT is made
     out = Path(out).resolve()

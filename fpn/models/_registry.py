@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "reset_head", "load_pretrained"]
+__all__ = ["create_model", "list_models", "load_pretrained", "register_model", "reset_head"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _T = TypeVar("_T", bound=Callable[..., nn.Module])
@@ -47,7 +47,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 def _head(model: nn.Module) -> nn.Module:
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Module):
-        raise ValueError(f"{type(model).__name__} has no `head` module")
+        raise ValueError(f"{type(model).__name__} has no `head` module")  # noqa: TRY004 (a bad argument)
     return head
 
 

@@ -17,19 +17,19 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "check_io_channels",
-    "NORMS",
     "INITS",
-    "make_norm",
-    "check_choice",
-    "scale_channels",
-    "init_weights",
-    "pad_volume",
-    "SingleChannelConv3d",
+    "NORMS",
+    "DecoderUnit",
     "EncoderUnitA",
     "EncoderUnitB",
-    "DecoderUnit",
+    "SingleChannelConv3d",
     "Upsample2d",
+    "check_choice",
+    "check_io_channels",
+    "init_weights",
+    "make_norm",
+    "pad_volume",
+    "scale_channels",
     "use_channels_last",
 ]
 
@@ -60,7 +60,7 @@ def scale_channels(channels: Sequence[int], width: float) -> tuple[int, ...]:
         raise ValueError(f"channels must be positive integers, got {tuple(channels)!r}")
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width!r}")
-    return tuple(max(1, int(round(c * width))) for c in channels)
+    return tuple(max(1, round(c * width)) for c in channels)
 
 
 def make_norm(norm: str, channels: int, dims: int) -> nn.Module:

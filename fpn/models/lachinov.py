@@ -11,6 +11,7 @@ instance norm; channels 32/64/128/256; three decoder levels (none unused).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from fpn.models.blocks import (
     use_channels_last,
 )
 
-__all__ = ["Lachinov", "BottleneckBlock"]
+__all__ = ["BottleneckBlock", "Lachinov"]
 
 
 class BottleneckBlock(nn.Module):
@@ -92,7 +93,7 @@ class Lachinov(nn.Module):
             make_norm(norm, chans[0], 3), nn.ReLU(inplace=True),
         )
         self.encoder = nn.ModuleList([BottleneckBlock(chans[0], norm)])
-        for cin, cout in zip(chans[:-1], chans[1:]):
+        for cin, cout in pairwise(chans):
             self.encoder.append(nn.Sequential(
                 nn.Conv3d(cin, cout, 3, stride=(1, 2, 2), padding=1, bias=False),
                 make_norm(norm, cout, 3), nn.ReLU(inplace=True), BottleneckBlock(cout, norm),

@@ -146,10 +146,16 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.v2.api.config import LoggingConfig
     from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.config import LoggingConfig
 
-    from fpn.tracking import RunLogger, client_for, ensure_experiment, find_or_create_run, git_revision
+    from fpn.tracking import (
+        RunLogger,
+        client_for,
+        ensure_experiment,
+        find_or_create_run,
+        git_revision,
+    )
 
     # Fail in the driver, with the store's name, before any worker starts.
     store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)

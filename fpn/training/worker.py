@@ -39,7 +39,7 @@ from fpn.inference import (
 from fpn.losses import build_loss
 from fpn.training.loop import build_optimizer, build_scheduler, train_epoch, validate
 
-__all__ = ["train_fn_per_worker", "STATE_FILE", "score_name"]
+__all__ = ["STATE_FILE", "score_name", "train_fn_per_worker"]
 
 STATE_FILE = "train_state.pt"
 
