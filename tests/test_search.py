@@ -143,3 +143,34 @@ def test_results_table(searched):
     assert (work / "results" / "table.csv").read_text().count("\n") == 1 + len(RATIOS)
     assert (work / "results" / "dice_vs_ratio.png").stat().st_size > 0
     assert "optuna-dashboard sqlite:///" in out and "mlflow ui --backend-store-uri" in out
+
+
+def test_search_efficiency_counts_trial_epochs_in_time_order(tmp_path, capsys):
+    """The benchmark's measure on hand-made reports: every epoch of every trial counts, in the
+    order they were reported, until one reaches the target."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "search_efficiency.py"
+    spec = importlib.util.spec_from_file_location("search_efficiency", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def rep(trial: int, epoch: int, score: float, t: float) -> dict:
+        return {"trial": trial, "epoch": epoch, "val_score": score, "timestamp": t}
+
+    fifo = [rep(0, 1, 0.5, 1), rep(1, 1, 0.6, 2), rep(0, 2, 0.8, 3), rep(1, 2, 0.90, 4)]
+    asha = [rep(1, 1, 0.895, 5), rep(0, 1, 0.4, 1), rep(0, 2, 0.95, 9)]  # unordered on purpose
+    assert bench.epochs_to_reach(fifo, 0.90) == 4
+    assert bench.epochs_to_reach(asha, 0.90) == 3  # 0.4 at t=1, 0.895 at t=5, 0.95 at t=9
+    assert bench.epochs_to_reach(asha, 0.89) == 2
+    assert bench.epochs_to_reach(asha, 0.99) is None
+
+    saved = tmp_path / "search_efficiency.json"
+    saved.write_text(json.dumps({"target": 0.90, "reports": {"fifo_random": fifo,
+                                                              "asha_tpe": asha}}))
+    assert bench.main(["--table-from", str(saved)]) == 0
+    table = capsys.readouterr().out
+    assert "| fifo_random | 2 | 4 | 0.9000 | 4 | 4 |" in table
+    assert "| asha_tpe | 2 | 3 | 0.9500 | 3 | 2 |" in table
