@@ -1,15 +1,21 @@
 """Search efficiency: ASHA + TPE against FIFO + random search on the same budget.
 
 Both strategies get the same store, search space (``tune/default_space.yaml`` or ``--space``),
-number of trials, maximum epochs per trial, concurrency and seed. Each trial is
+maximum epochs per trial, concurrency, seed and budget of trial-epochs: FIFO + random runs
+``--trials`` trials to the end, and what that spends is the budget. ASHA + TPE is given more
+trials (``--asha-trials``, default 3x) and its reports, in the order they arrived, are cut at
+the budget: exactly what it would have done had it been stopped there, since every decision
+before that point depended only on earlier reports. Each trial is
 :func:`tune.trial.train_trial` (a Ray Train run of ``run_training`` reporting every epoch to Tune
 through ``TuneReportCallback``; ASHA's stops go through ``tune.pruning``'s StopBoard so that the
 Train run shuts its workers down itself). The search space is sampled by Optuna in both cases
 (``TPESampler`` vs ``RandomSampler``), so only the sampler and the scheduler differ.
 
-Reported: the best validation Dice each strategy reached, the trial-epochs it spent in all, and
-the trial-epochs it needed (counting every epoch reported by any of its trials, in time order)
-to first reach the best validation Dice of FIFO + random.
+Reported: the trials each strategy started within the budget, the best validation Dice it
+reached, and the trial-epochs it needed (counting every epoch reported by any of its trials, in
+time order) to first reach the best validation Dice of FIFO + random, and to come within one
+Dice point of it. ``--fifo-from`` reuses the FIFO + random reports of an earlier run with the
+same settings.
 
 Usage::
 
@@ -91,11 +97,13 @@ def _space(args: argparse.Namespace) -> Any:
 
 
 def run_strategy(strategy: str, *, base: dict, space: Any, trials: int, epochs: int,
-                 concurrency: int, seed: int, storage: Path) -> list[dict[str, Any]]:
+                 concurrency: int, seed: int, storage: Path,
+                 grace_period: int = 1) -> list[dict[str, Any]]:
     """Run one search; return every per-epoch report ``{trial, epoch, val_score, timestamp}``.
 
     Args:
         strategy: ``asha_tpe`` or ``fifo_random``.
+        grace_period: ASHA's epochs before a trial may be stopped (``asha_tpe`` only).
     """
     import optuna
     from ray import tune
@@ -115,7 +123,8 @@ def run_strategy(strategy: str, *, base: dict, space: Any, trials: int, epochs: 
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, trials // 4))
         # as tune/search.py: never decide at the last epoch, so a trial reaching it finishes
         scheduler = (CooperativeASHA(study, time_attr="training_iteration", max_t=epochs - 1,
-                                     grace_period=1, reduction_factor=2, stop_last_trials=False)
+                                     grace_period=min(grace_period, epochs - 1),
+                                     reduction_factor=2, stop_last_trials=False)
                      if epochs >= 2 else FIFOScheduler())
     elif strategy == "fifo_random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
@@ -160,6 +169,45 @@ def epochs_to_reach(reports: list[dict[str, Any]], target: float) -> int | None:
     return None
 
 
+def within_budget(reports: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The first ``budget`` reports in the order they arrived."""
+    return sorted(reports, key=lambda r: (r["timestamp"], r["trial"], r["epoch"]))[:budget]
+
+
+def rank_agreement(reports: list[dict[str, Any]], epochs: int) -> dict[int, float]:
+    """Spearman correlation, over the trials that ran every epoch, between each epoch's
+    validation Dice and the last epoch's: how well an early rung ranks trials."""
+    from scipy.stats import spearmanr
+
+    by_trial: dict[int, dict[int, float]] = {}
+    for r in reports:
+        by_trial.setdefault(r["trial"], {})[r["epoch"]] = r["val_score"]
+    full = [t for t in by_trial.values() if all(e in t for e in range(1, epochs + 1))]
+    if len(full) < 3:
+        return {}
+    last = [t[epochs] for t in full]
+    return {e: float(spearmanr([t[e] for t in full], last).statistic)
+            for e in range(1, epochs)}
+
+
+def _details(results: dict[str, list[dict[str, Any]]], epochs: int) -> str:
+    lines = []
+    agree = rank_agreement(results["fifo_random"], epochs)
+    if agree:
+        lines.append("rank agreement with the last epoch (Spearman, FIFO's trials), by epoch: "
+                     + ", ".join(f"{e}: {rho:.2f}" for e, rho in agree.items()))
+    for name, reps in results.items():
+        by_trial: dict[int, list[dict[str, Any]]] = {}
+        for r in reps:
+            by_trial.setdefault(r["trial"], []).append(r)
+        full = sorted(max(x["val_score"] for x in v) for v in by_trial.values()
+                      if len(v) >= epochs)
+        if full:
+            lines.append(f"{name}: {len(full)} trial(s) ran all {epochs} epochs; their best val "
+                         f"Dice: median {full[len(full) // 2]:.4f}, min {full[0]:.4f}")
+    return "\n".join(lines)
+
+
 def _table(results: dict[str, list[dict[str, Any]]], target: float,
            margin: float = NEAR) -> str:
     """One row per strategy; the last two columns count trial-epochs to reach the FIFO best and
@@ -192,9 +240,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--concurrency", type=int, help="trials at once (default: one per CPU)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--asha-trials", type=int,
+                   help="trials ASHA + TPE may start before its budget runs out (default 3x --trials)")
+    p.add_argument("--grace-period", type=int,
+                   help="ASHA: epochs before a trial may be stopped (default: half of --epochs, "
+                   "as in tune/search.py)")
+    p.add_argument("--fifo-from", type=Path, metavar="JSON",
+                   help="take FIFO + random's reports from an earlier search_efficiency.json")
     p.add_argument("--table-from", type=Path, metavar="JSON",
                    help="print the table of an earlier run's search_efficiency.json and exit")
     return p
+
+
+#: settings that must match for ``--fifo-from`` to reuse an earlier run's FIFO reports
+_SAME = ("trials", "epochs", "ratio", "crop", "multiplier", "batch_size", "space", "seed")
+
+
+def _earlier_fifo(path: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
+    saved = json.loads(path.read_text())
+    old = saved["args"]
+    differ = [k for k in _SAME if old.get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"{path}: --fifo-from ran with other settings: "
+                         + ", ".join(f"{k}={old.get(k)!r} (now {getattr(args, k)!r})"
+                                     for k in differ))
+    reports = saved.get("all_reports", saved["reports"])["fifo_random"]
+    return reports, float(saved.get("seconds", {}).get("fifo_random", float("nan")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.table_from:
         saved = json.loads(args.table_from.read_text())
         print(_table(saved["reports"], saved["target"]))
+        if "args" in saved:
+            print(_details(saved["reports"], int(saved["args"]["epochs"])))
         return 0
     if args.smoke:
         args.trials, args.epochs, args.crop = 2, 2, [8, 32]
@@ -223,22 +296,38 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: dict[str, list[dict[str, Any]]] = {}
     seconds: dict[str, float] = {}
+    if args.fifo_from:
+        results["fifo_random"], seconds["fifo_random"] = _earlier_fifo(args.fifo_from, args)
+    trials = {"fifo_random": args.trials, "asha_tpe": args.asha_trials or 3 * args.trials}
+    grace = args.grace_period or max(1, args.epochs // 2)
     for strategy in ("fifo_random", "asha_tpe"):
+        if strategy in results:
+            continue
         t0 = time.monotonic()
-        results[strategy] = run_strategy(strategy, base=base, space=space, trials=args.trials,
-                                         epochs=args.epochs, concurrency=concurrency,
-                                         seed=args.seed, storage=work / "tune")
+        results[strategy] = run_strategy(strategy, base=base, space=space,
+                                         trials=trials[strategy], epochs=args.epochs,
+                                         concurrency=concurrency, seed=args.seed,
+                                         storage=work / "tune", grace_period=grace)
         seconds[strategy] = time.monotonic() - t0
+    budget = len(results["fifo_random"])
+    spent = {k: len(v) for k, v in results.items()}
+    cut = {k: within_budget(v, budget) for k, v in results.items()}
     target = max((r["val_score"] for r in results["fifo_random"]), default=float("nan"))
-    print(f"\nSearch efficiency: {args.trials} trials x up to {args.epochs} epochs, "
-          f"{concurrency} at a time, seed {args.seed}; store {store}")
+    print(f"\nSearch efficiency: budget {budget} trial-epochs (FIFO: {args.trials} trials x "
+          f"{args.epochs} epochs), {concurrency} trials at a time, seed {args.seed}, ASHA grace "
+          f"period {grace}; store {store}, ratio {args.ratio:g}")
     print(f"machine: {platform.node()} {platform.machine()}, {cpus:g} Ray CPUs; "
           f"ray {ray.__version__}, torch {torch.__version__}")
-    print(_table(results, target))
+    print(_table(cut, target))
+    print(_details(cut, args.epochs))
+    print(f"(ASHA + TPE ran {spent['asha_tpe']} trial-epochs in all; the table counts the first "
+          f"{budget})")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
           + f"; total {time.monotonic() - started:.0f} s")
     (work / "search_efficiency.json").write_text(json.dumps(
-        {"args": vars(args), "target": target, "seconds": seconds, "reports": results}, indent=2))
+        {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+         "target": target, "budget": budget, "spent": spent, "seconds": seconds,
+         "reports": cut, "all_reports": results}, indent=2))
     print(f"reports: {work / 'search_efficiency.json'}")
     return 0
 

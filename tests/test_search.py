@@ -166,6 +166,8 @@ def test_search_efficiency_counts_trial_epochs_in_time_order(tmp_path, capsys):
     assert bench.epochs_to_reach(asha, 0.90) == 3  # 0.4 at t=1, 0.895 at t=5, 0.95 at t=9
     assert bench.epochs_to_reach(asha, 0.89) == 2
     assert bench.epochs_to_reach(asha, 0.99) is None
+    # the budget keeps the first reports in arrival order, whatever the list order
+    assert [r["timestamp"] for r in bench.within_budget(asha, 2)] == [1, 5]
 
     saved = tmp_path / "search_efficiency.json"
     saved.write_text(json.dumps({"target": 0.90, "reports": {"fifo_random": fifo,

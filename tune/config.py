@@ -52,7 +52,9 @@ class SearchConfig(BaseModel):
     cpus_per_worker: float | None = Field(None, gt=0.0, description="default: fill the CPUs")
     epochs: int | None = Field(None, ge=1, description="default: 3 for the demo, else 40")
     pretrain_epochs: int | None = Field(None, ge=1, description="default: 6 for the demo, else epochs")
-    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped")
+    grace_period: int | None = Field(
+        None, ge=1, description="ASHA: epochs before a trial can be stopped (default: half the "
+        "epochs; earlier validation Dice ranks trials poorly, benchmarks/README.md)")
     space: str | None = Field(None, description="YAML search space (default tune/default_space.yaml)")
     storage: str | None = Field(None, description="Ray storage path or URL (default workdir/ray)")
     mlflow: str | None = Field(None, description="MLflow URI (default sqlite in workdir)")
@@ -105,6 +107,9 @@ class SearchConfig(BaseModel):
 
     def train_epochs(self) -> int:
         return self.epochs or (3 if self.is_demo else 40)
+
+    def asha_grace(self) -> int:
+        return self.grace_period or max(1, self.train_epochs() // 2)
 
     def train_overrides(self) -> dict[str, Any]:
         if self.train is not None:

@@ -279,7 +279,7 @@ def _scheduler(cfg: SearchConfig, study_name: str) -> Any:
     if epochs < 2:
         return FIFOScheduler()
     return CooperativeASHA(study_name, time_attr="training_iteration", max_t=epochs - 1,
-                           grace_period=min(cfg.grace_period, epochs - 1), reduction_factor=2,
+                           grace_period=min(cfg.asha_grace(), epochs - 1), reduction_factor=2,
                            stop_last_trials=False)
 
 
@@ -623,7 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float)
     p.add_argument("--epochs", type=int, help="fine-tuning epochs per trial (ASHA's max_t)")
     p.add_argument("--pretrain-epochs", type=int)
-    p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial may be stopped")
+    p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial may be stopped "
+                   "(default: half of --epochs)")
     p.add_argument("--min-crops-per-epoch", type=int,
                    help="raise crops per visit at scarce ratios (default 48 for the demo)")
     p.add_argument("--space", help="YAML search space (default tune/default_space.yaml)")
