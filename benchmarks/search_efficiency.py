@@ -20,7 +20,7 @@ same settings.
 Usage::
 
     python benchmarks/search_efficiency.py --smoke                  # < 3 min on 2 cores
-    python benchmarks/search_efficiency.py --trials 16 --epochs 8   # the demo store at ratio 0.25
+    python benchmarks/search_efficiency.py                          # the demo store at ratio 0.25
 
 Without ``--data`` it makes a synthetic store in the work folder (the demo's 12 + 4 patients at
 16 x 64 x 128, or a 4 + 2 patient 8 x 64 x 32 store with ``--smoke``).
