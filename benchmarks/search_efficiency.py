@@ -224,25 +224,48 @@ def _table(results: dict[str, list[dict[str, Any]]], target: float,
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _read_reports(path: Path) -> dict[str, Any]:
+    """An earlier run's ``search_efficiency.json``; a bad file exits naming it."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{path}: cannot read it: {exc}") from None
+    if not (isinstance(saved, dict) and "target" in saved
+            and isinstance(saved.get("reports"), dict)
+            and isinstance(saved["reports"].get("fifo_random"), list)):
+        raise SystemExit(f"{path}: not a search_efficiency.json (no target or FIFO reports)")
+    return saved
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny store and budget (< 3 minutes)")
     p.add_argument("--data", help="fpn store (default: a synthetic one in --workdir)")
     p.add_argument("--workdir", help="folder for the store, runs and MLflow (default: a temp dir)")
-    p.add_argument("--trials", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=8, help="maximum epochs per trial")
+    p.add_argument("--trials", type=_positive_int, default=16)
+    p.add_argument("--epochs", type=_positive_int, default=8, help="maximum epochs per trial")
     p.add_argument("--ratio", type=float, default=0.25,
                    help="labelled-data ratio (at 1.0 every configuration saturates on the phantom)")
     p.add_argument("--crop", type=int, nargs=2, default=[16, 128], metavar=("S", "W"))
-    p.add_argument("--multiplier", type=int, default=8, help="crops per training visit per epoch")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--multiplier", type=_positive_int, default=8, help="crops per training visit per epoch")
+    p.add_argument("--batch-size", type=_positive_int, default=4)
     p.add_argument("--space", help="search space YAML (default tune/default_space.yaml)")
-    p.add_argument("--num-cpus", type=int, default=2)
-    p.add_argument("--concurrency", type=int, help="trials at once (default: one per CPU)")
+    p.add_argument("--num-cpus", type=_positive_int, default=2)
+    p.add_argument("--concurrency", type=_positive_int, help="trials at once (default: one per CPU)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--asha-trials", type=int,
+    p.add_argument("--asha-trials", type=_positive_int,
                    help="trials ASHA + TPE may start before its budget runs out (default 3x --trials)")
-    p.add_argument("--grace-period", type=int,
+    p.add_argument("--grace-period", type=_positive_int,
                    help="ASHA: epochs before a trial may be stopped (default: half of --epochs, "
                    "as in tune/search.py)")
     p.add_argument("--fifo-from", type=Path, metavar="JSON",
@@ -257,8 +280,8 @@ _SAME = ("trials", "epochs", "ratio", "crop", "multiplier", "batch_size", "space
 
 
 def _earlier_fifo(path: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
-    saved = json.loads(path.read_text())
-    old = saved["args"]
+    saved = _read_reports(path)
+    old = saved.get("args", {})
     differ = [k for k in _SAME if old.get(k) != getattr(args, k)]
     if differ:
         raise SystemExit(f"{path}: --fifo-from ran with other settings: "
@@ -271,7 +294,7 @@ def _earlier_fifo(path: Path, args: argparse.Namespace) -> tuple[list[dict[str, 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.table_from:
-        saved = json.loads(args.table_from.read_text())
+        saved = _read_reports(args.table_from)
         print(_table(saved["reports"], saved["target"]))
         if "args" in saved:
             print(_details(saved["reports"], int(saved["args"]["epochs"])))
@@ -324,11 +347,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{budget})")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
           + f"; total {time.monotonic() - started:.0f} s")
-    (work / "search_efficiency.json").write_text(json.dumps(
+    out = work / "search_efficiency.json"
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # no half-written file on a crash
+    tmp.write_text(json.dumps(
         {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
          "target": target, "budget": budget, "spent": spent, "seconds": seconds,
          "reports": cut, "all_reports": results}, indent=2))
-    print(f"reports: {work / 'search_efficiency.json'}")
+    os.replace(tmp, out)
+    print(f"reports: {out}")
     return 0
 
 

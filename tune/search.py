@@ -218,19 +218,14 @@ def _optuna_trial_finished(searcher: Any, trial_id: str) -> bool:
     return searcher._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
 
 
-def _resumable_optuna_search(**kwargs: Any) -> Any:
-    """OptunaSearch that tolerates a trial finished in the study but not in Tune's last
-    experiment checkpoint (the search was killed in between): Tune runs it again (its Train run
-    is found finished and only reports), and its result must not be told to Optuna twice."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    return ResumableOptunaSearch(**kwargs) if OptunaSearch else None
-
-
 try:
     from ray.tune.search.optuna import OptunaSearch as _OptunaSearch
 
     class ResumableOptunaSearch(_OptunaSearch):
+        """OptunaSearch that tolerates a trial finished in the study but not in Tune's last
+        experiment checkpoint (the search was killed in between): Tune runs it again (its Train
+        run is found finished and only reports), and its result must not reach Optuna twice."""
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if not _optuna_trial_finished(self, trial_id):
                 super().on_trial_result(trial_id, result)
@@ -286,6 +281,7 @@ def _scheduler(cfg: SearchConfig, study_name: str) -> Any:
 def _run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: dict[str, Any],
                resources: TrialResources) -> None:
     import optuna
+    import ray
     from ray import tune
 
     from tune.pruning import stop_board
@@ -293,8 +289,6 @@ def _run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: 
 
     storage = cfg.storage_path()
     exp_path = f"{storage.rstrip('/')}/{study_name}" if "://" in storage else str(Path(storage) / study_name)
-    import ray
-
     driver_bundle: dict[str, float] = {"cpu": DRIVER_CPU}
     if ray.cluster_resources().get(DRIVER_RESOURCE):
         # cluster.yaml puts this resource on the on-demand head only: trial drivers never land
@@ -315,9 +309,9 @@ def _run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: 
         if remaining <= 0:
             _log(f"{study_name}: the study already holds {done} finished trials")
             return
-        searcher = _resumable_optuna_search(space=space, metric=METRIC, mode="max",
-                                storage=optuna.storages.RDBStorage(cfg.study_url()),
-                                study_name=study_name, seed=cfg.seed)
+        searcher = ResumableOptunaSearch(space=space, metric=METRIC, mode="max",
+                                         storage=optuna.storages.RDBStorage(cfg.study_url()),
+                                         study_name=study_name, seed=cfg.seed)
         scheduler = _scheduler(cfg, study_name)
         tuner = tune.Tuner(
             trainable,

@@ -188,6 +188,15 @@ def plan_jobs(base: dict[str, Any], *, prefix: str, models: Sequence[str], ssl: 
     return jobs
 
 
+def _grid_jobs(base: dict[str, Any], *, preset: str, store: Any, models: Sequence[str],
+               ssl: Sequence[str], ratios: Sequence[float], seeds: int) -> list[Job]:
+    """The grid's jobs for an open store. Run names depend only on the preset, the store and the
+    grid, so ``--plan`` and the run name (and find finished) the same runs."""
+    return plan_jobs(base, prefix=f"pt-{preset}-{store.fingerprint[:8]}", models=models, ssl=ssl,
+                     ratios=ratios, seeds=seeds, depth=store.visits_for()[0].shape[1],
+                     storage=base["storage"])
+
+
 def _join(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}" if "://" in storage else str(Path(storage) / name)
 
@@ -501,11 +510,10 @@ def plan_paper_table(*, out: str | Path, store: str | None = None, preset: str =
     base = _base_tree(store, chosen, dict(overrides or {}), storage=storage,
                       tracking_uri="sqlite:///unused.db", experiment=EXPERIMENT,
                       workers=workers_per_run, cpus_per_worker=1.0)
-    jobs = plan_jobs(base, prefix=f"pt-{preset}-{opened.fingerprint[:8]}", models=models,
-                     ssl=ssl, ratios=ratios, seeds=seeds,
-                     depth=opened.visits_for()[0].shape[1], storage=storage)
+    jobs = _grid_jobs(base, preset=preset, store=opened, models=models, ssl=ssl, ratios=ratios,
+                      seeds=seeds)
     rows = plan_cost(jobs, opened, storage=storage)
-    crop = TrainConfig.model_validate(base | {"task": "finetune"}).data.crop
+    crop = TrainConfig.model_validate(jobs[0].config).data.crop
     text = (f"# paper-table plan, preset `{preset}`, store {store}\n\n"
             + plan_markdown(rows, crop=crop, concurrency=max_concurrent or 1,
                             crops_per_second=crops_per_second))
@@ -554,7 +562,6 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
     ensure_ray(num_cpus)
     store_path = store if store is not None else _make_demo_store(out)
     opened = open_store(store_path)
-    depth = opened.visits_for()[0].shape[1]
     uri = mlflow or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
     res = ray.cluster_resources()
     conc, cpw = plan_concurrency(float(res.get("CPU", 1)), float(res.get("GPU", 0)),
@@ -563,9 +570,8 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
                                            **(overrides or {})},
                       storage=str(out / "runs"), tracking_uri=uri, experiment=experiment,
                       workers=workers_per_run, cpus_per_worker=cpw)
-    prefix = f"pt-{preset}-{opened.fingerprint[:8]}"
-    jobs = plan_jobs(base, prefix=prefix, models=models, ssl=ssl, ratios=ratios, seeds=seeds,
-                     depth=depth, storage=base["storage"])
+    jobs = _grid_jobs(base, preset=preset, store=opened, models=models, ssl=ssl, ratios=ratios,
+                      seeds=seeds)
 
     client = client_for(uri)
     exp_id = ensure_experiment(client, experiment, uri)

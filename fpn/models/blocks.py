@@ -41,7 +41,8 @@ INITS: tuple[str, ...] = ("reference", "default")
 def check_io_channels(in_channels: int, out_channels: int) -> None:
     """The check every network's constructor starts with."""
     if in_channels < 1 or out_channels < 1:
-        raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+        raise ValueError(
+            f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
 
 
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
