@@ -3,10 +3,17 @@
 Steps:
 1. validate the source with the same checks as ``validate`` and refuse on any problem (exit 1,
    nothing written) unless ``--skip-invalid``, which converts the rest and lists what it skipped;
-2. create (or reopen) the store root, then run one Ray task per visit: hash the source files,
-   skip the visit when it is already stored complete from identical sources and settings,
-   else load and write it (:func:`data_prep.store_writer.write_visit`);
-3. write the root index (visits, split, fingerprint) last, then remove groups not in it.
+2. take the store's writer lease (``<store>/writer.lease``, :mod:`fpn.data.lease`): a second
+   writer is refused (exit 2, naming the holder) while this one runs, so no run's clean-up can
+   delete another's visits or staging folders;
+3. create (or reopen) the store root; refuse (exit 2) when the store holds visits of another
+   source that this one would remove or replace, unless ``--overwrite``; say which visits are
+   removed or replaced (also when the store's own source changed: the store mirrors it);
+4. run one Ray task per visit: hash the source files, skip the visit when it is already stored
+   complete from identical sources and settings, else load and write it
+   (:func:`data_prep.store_writer.write_visit`);
+5. write the root index (visits, split, fingerprint) last, then remove groups not in it; release
+   the lease.
 
 Ray: a local instance (``ray.init(num_cpus=...)``) unless ``RAY_ADDRESS`` names a cluster or Ray is
 already initialised. ``memory://`` stores live in one process, so they are written in the driver.
@@ -19,6 +26,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,16 +42,27 @@ from data_prep.store_writer import (
     existing_visit,
     hash_sources,
     init_store,
+    lease_location,
     remove_unindexed,
     write_index,
     write_visit,
 )
-from fpn.data.store import StoreError, is_local_location
+from fpn.data.lease import Lease, LeaseError, LeaseHeld, LeaseLost, LeaseOwner
+from fpn.data.store import StoreError, is_local_location, open_zarr_group
 
-__all__ = ["ConvertStats", "convert", "convert_main", "parse_storage_options", "patient_split"]
+__all__ = ["ConvertStats", "OverwriteRefused", "convert", "convert_main", "parse_storage_options",
+           "patient_split"]
 
 LAYOUTS = ("reference", "manifest")
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
+# A writer whose heartbeat is older than this is presumed dead; its lease can be taken over.
+DEFAULT_LEASE_TTL_S = 120.0
+# Tests of concurrent writers: after taking the lease, wait until this file exists (at most 120 s).
+HOLD_ENV = "FPN_CONVERT_HOLD_LEASE_UNTIL"
+
+
+class OverwriteRefused(StoreError):
+    """The store holds visits of another source that this conversion would remove or replace."""
 
 
 @dataclass
@@ -59,6 +78,10 @@ class ConvertStats:
         problems: every validation problem found.
         fingerprint: the store fingerprint after the run (None when nothing was written).
         removed: visit groups or debris removed because they are not in the new index.
+        dropped: visits the store held that this source does not produce (removed; needs
+            ``overwrite``).
+        replaced: visits the store held from other source files (rewritten; needs ``overwrite``).
+        notes: warnings for the user (e.g. no writer lease on this kind of location).
     """
 
     location: str
@@ -69,6 +92,9 @@ class ConvertStats:
     problems: list[Problem] = field(default_factory=list)
     fingerprint: str | None = None
     removed: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -165,15 +191,19 @@ def convert_visit(
     encoding: Encoding,
     storage_options: dict[str, Any] | None = None,
     fail_after_first_array: bool = False,
+    hashed: tuple[dict[str, dict[str, str]], str] | None = None,
 ) -> tuple[str, str, dict[str, Any]]:
     """Convert one visit unless it is already stored from identical sources.
+
+    Args:
+        hashed: :func:`hash_sources` of ``source`` when the driver computed it already.
 
     Returns:
         ``(key, status, index_entry)`` with status ``"written"`` or ``"unchanged"``.
     """
     from data_prep.layouts import load_visit
 
-    sources, source_sha256 = hash_sources(source)
+    sources, source_sha256 = hashed or hash_sources(source)
     entry = existing_visit(location, source.key, source_sha256, encoding, storage_options)
     if entry is not None:
         return source.key, "unchanged", entry
@@ -200,6 +230,7 @@ def _run_tasks(
     fault_visit: str | None,
     num_cpus: int | None,
     progress: bool,
+    hashed: dict[str, tuple[dict[str, dict[str, str]], str]],
 ) -> tuple[dict[str, tuple[str, dict[str, Any]]], dict[str, str]]:
     results: dict[str, tuple[str, dict[str, Any]]] = {}
     failed: dict[str, str] = {}
@@ -210,7 +241,8 @@ def _run_tasks(
         for visit in visits:
             try:
                 key, status, entry = convert_visit(visit, location, encoding, storage_options,
-                                                   visit.key == fault_visit)
+                                                   visit.key == fault_visit,
+                                                   hashed.get(visit.key))
                 results[key] = (status, entry)
             except Exception as exc:  # noqa: BLE001 -- one bad visit must not stop the others
                 failed[visit.key] = _error_message(exc)
@@ -231,7 +263,8 @@ def _run_tasks(
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(convert_visit)
         pending = {
-            task.remote(v, location, encoding, storage_options, v.key == fault_visit): v.key
+            task.remote(v, location, encoding, storage_options, v.key == fault_visit,
+                        hashed.get(v.key)): v.key
             for v in visits
         }
         while pending:
@@ -265,6 +298,69 @@ def _problem_keys(problems: list[Problem], visits: list[VisitSource]) -> set[str
     return bad
 
 
+def _few(keys: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _source_identity(src: str, layout: str) -> dict[str, str]:
+    return {"location": src if "://" in src else os.path.abspath(src), "layout": layout}
+
+
+def _take_lease(out: str, storage_options: dict[str, Any] | None, ttl_s: float, src: str,
+                stats: ConvertStats) -> Lease | None:
+    """The store's writer lease, acquired; None (with a note) where no lease can be kept."""
+    try:
+        lease = Lease(lease_location(out), ttl_s=ttl_s, storage_options=storage_options,
+                      owner=LeaseOwner.current(f"data_prep convert {src} {out}"))
+    except LeaseError as exc:
+        if out.startswith("memory://"):
+            return None  # one process's memory: nobody else can write it
+        stats.notes.append(f"no writer lease ({exc}); make sure no other convert writes this "
+                           "store at the same time")
+        return None
+    lease.acquire()  # LeaseHeld: another writer is at work
+    if lease.took_over is not None:
+        stats.notes.append(f"took over the stale writer lease of {lease.took_over.describe()}")
+    hold = os.environ.get(HOLD_ENV)
+    if hold:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return lease
+
+
+def _conflicts(
+    out: str,
+    visits: list[VisitSource],
+    storage_options: dict[str, Any] | None,
+) -> tuple[list[str], list[str], dict[str, Any], dict[str, tuple[dict[str, dict[str, str]], str]]]:
+    """What converting ``visits`` into the store would remove or replace.
+
+    Returns:
+        ``(dropped, replaced, recorded_source, hashed)``: indexed visits the source does not
+        produce; indexed visits whose stored sources differ from the new ones; the store's
+        recorded source; :func:`hash_sources` of the visits already in the store (reused by
+        the tasks, so no file is hashed twice).
+    """
+    root = open_zarr_group(out, "r", storage_options)
+    old_index: dict[str, Any] = dict(root.attrs.get("visits") or {})
+    recorded = dict(root.attrs.get("source") or {})
+    by_key = {v.key: v for v in visits}
+    dropped = sorted(set(old_index) - set(by_key))
+    replaced: list[str] = []
+    hashed: dict[str, tuple[dict[str, dict[str, str]], str]] = {}
+    for key in sorted(set(old_index) & set(by_key)):
+        hashed[key] = hash_sources(by_key[key])
+        try:
+            stored_sha = root[f"visits/{key}"].attrs.get("source_sha256")
+        except KeyError:
+            stored_sha = None  # indexed but gone: nothing of it left to lose
+        if stored_sha is not None and stored_sha != hashed[key][1]:
+            replaced.append(key)
+    return dropped, replaced, recorded, hashed
+
+
 def convert(
     src: str,
     out: str,
@@ -278,6 +374,8 @@ def convert(
     num_cpus: int | None = None,
     progress: bool = True,
     fault_visit: str | None = None,
+    overwrite: bool = False,
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
 ) -> ConvertStats:
     """Convert the source folder ``src`` into the store ``out``.
 
@@ -292,10 +390,20 @@ def convert(
         num_cpus: CPUs of the local Ray instance (default: all); ignored on a cluster.
         progress: show a tqdm progress bar on stderr.
         fault_visit: make this visit's task fail after its first array (tests; also ``$FPN_CONVERT_FAIL_AFTER_FIRST_ARRAY``).
+        overwrite: allow removing or replacing visits the store holds from another source (the
+            store records its source's location and layout). What is removed or replaced is
+            listed on stderr and in ``stats.dropped`` / ``stats.replaced``.
+        lease_ttl_s: the writer lease's TTL: a writer silent for longer is presumed dead.
 
     Returns:
         :class:`ConvertStats`; ``fingerprint`` is None when validation refused the source (then
         nothing was written).
+
+    Raises:
+        LeaseHeld: another convert is writing this store (nothing was written).
+        OverwriteRefused: the store holds visits of another source that this one would remove
+            or replace and ``overwrite`` is False (nothing was written).
+        LeaseLost: the lease was taken over mid-run (the index was not written).
     """
     from data_prep.layouts import discover
     from data_prep.validate import validate_source
@@ -304,8 +412,9 @@ def convert(
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     patient_split([], [], seed, split_fractions)  # checks the fractions before any work
     encoding = encoding or Encoding()
-    stats = ConvertStats(location=str(out))
-    visits, problems = validate_source(src, layout)
+    out = str(out)
+    stats = ConvertStats(location=out)
+    visits, problems = validate_source(src, layout, oct_dtype=encoding.oct_dtype)
     stats.problems = list(problems)
     if problems:
         bad = _problem_keys(stats.problems, visits)
@@ -318,17 +427,45 @@ def convert(
     _, _, declared_split = discover(src, layout)
     source_split = _source_split(declared_split, visits)
 
-    init_store(str(out), storage_options)
-    fault_visit = fault_visit or os.environ.get(FAULT_ENV) or None
-    results, stats.failed = _run_tasks(sorted(visits, key=lambda v: v.key), str(out), encoding,
-                                       storage_options, fault_visit, num_cpus, progress)
-    index = {key: entry for key, (_, entry) in results.items()}
-    stats.written = sorted(k for k, (status, _) in results.items() if status == "written")
-    stats.unchanged = sorted(k for k, (status, _) in results.items() if status == "unchanged")
-    split, split_source = _final_split(index, source_split, seed, split_fractions)
-    stats.fingerprint = write_index(str(out), index, split, split_source, encoding,
-                                    failed=sorted(stats.failed), storage_options=storage_options)
-    stats.removed = remove_unindexed(str(out), set(index), storage_options)
+    lease = _take_lease(out, storage_options, lease_ttl_s, src, stats)
+    try:
+        init_store(out, storage_options)
+        stats.dropped, stats.replaced, recorded, hashed = _conflicts(out, visits, storage_options)
+        if stats.dropped or stats.replaced:
+            # The store mirrors its own source (a re-run after editing it follows the edit);
+            # content from any other source is only removed or replaced when asked to.
+            same_source = recorded == _source_identity(src, layout)
+            if not same_source and not overwrite:
+                held = f"visits of {recorded['location']}" if recorded.get("location") else \
+                    "visits from an unrecorded source"
+                raise OverwriteRefused(
+                    f"{out} holds {held}; converting {src} would remove {len(stats.dropped)} "
+                    f"({_few(stats.dropped) or '-'}) and replace {len(stats.replaced)} "
+                    f"({_few(stats.replaced) or '-'}); pass --overwrite to do so")
+            why = "the source changed since the last conversion" if same_source else "--overwrite"
+            print(f"convert: {why}: removing {len(stats.dropped)} visit(s) from {out}: "
+                  f"{', '.join(stats.dropped) or '-'}; replacing {len(stats.replaced)}: "
+                  f"{', '.join(stats.replaced) or '-'}", file=sys.stderr)
+        fault_visit = fault_visit or os.environ.get(FAULT_ENV) or None
+        results, stats.failed = _run_tasks(sorted(visits, key=lambda v: v.key), out, encoding,
+                                           storage_options, fault_visit, num_cpus, progress,
+                                           hashed)
+        index = {key: entry for key, (_, entry) in results.items()}
+        stats.written = sorted(k for k, (status, _) in results.items() if status == "written")
+        stats.unchanged = sorted(k for k, (status, _) in results.items() if status == "unchanged")
+        split, split_source = _final_split(index, source_split, seed, split_fractions)
+        if lease is not None:
+            lease.check()  # never publish an index (or clean up) without holding the store
+        stats.fingerprint = write_index(out, index, split, split_source, encoding,
+                                        failed=sorted(stats.failed),
+                                        source=_source_identity(src, layout),
+                                        storage_options=storage_options)
+        if lease is not None:
+            lease.check()
+        stats.removed = remove_unindexed(out, set(index), storage_options)
+    finally:
+        if lease is not None:
+            lease.release()
     return stats
 
 
@@ -367,11 +504,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="fsspec storage option for OUT (repeatable)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow removing or replacing visits the store holds from another "
+                             "source (lists them)")
+    parser.add_argument("--lease-ttl", type=float, default=DEFAULT_LEASE_TTL_S, metavar="SECONDS",
+                        help="a writer whose lease heartbeat is older than this is presumed dead "
+                             f"and its lease may be taken over (default {DEFAULT_LEASE_TTL_S:g})")
     return parser
 
 
 def convert_main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: 0 = store complete, 1 = refused or some visits failed, 2 = usage error."""
+    """CLI entry: 0 = store complete, 1 = invalid source or some visits failed, 2 = usage error,
+    store busy (another writer holds the lease) or a different source without ``--overwrite``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -379,6 +523,8 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
         chunks = tuple(c or None for c in args.chunks) if args.chunks else DEFAULT_OCT_CHUNKS
         encoding = Encoding(oct_dtype=args.dtype, oct_chunks=chunks)  # type: ignore[arg-type]
         patient_split([], [], args.seed, args.split_fractions)
+        if args.lease_ttl <= 0:
+            raise ValueError(f"--lease-ttl must be positive, got {args.lease_ttl}")
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -386,11 +532,22 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
             args.src, args.out, layout=args.layout, encoding=encoding,
             skip_invalid=args.skip_invalid, seed=args.seed, split_fractions=args.split_fractions,
             storage_options=storage_options, num_cpus=args.num_cpus,
-            progress=not args.no_progress,
+            progress=not args.no_progress, overwrite=args.overwrite, lease_ttl_s=args.lease_ttl,
         )
-    except (StoreError, OSError) as exc:
+    except LeaseHeld as exc:
+        print(f"convert: store busy, nothing written: {exc}", file=sys.stderr)
+        return 2
+    except OverwriteRefused as exc:
+        print(f"convert: refusing, nothing written: {exc}", file=sys.stderr)
+        return 2
+    except LeaseLost as exc:
+        print(f"convert: {exc}; the index was not written (re-run convert)", file=sys.stderr)
+        return 1
+    except (StoreError, LeaseError, OSError) as exc:
         print(f"convert: {exc}", file=sys.stderr)
         return 1
+    for note in stats.notes:
+        print(f"convert: {note}", file=sys.stderr)
     if stats.problems:
         verb = "skipped" if args.skip_invalid else "refusing to convert"
         print(f"convert: {len(stats.problems)} problem(s) in {args.src}; {verb}:", file=sys.stderr)

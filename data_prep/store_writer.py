@@ -9,6 +9,9 @@ The primitives here are what ``convert`` runs inside its Ray tasks:
 - :func:`existing_visit` tells whether a visit is already stored from identical sources;
 - :func:`write_index` writes the root index (``visits``, ``fingerprint``, ``split``) at the end.
 
+Only one writer at a time: ``convert`` holds the writer lease (:func:`lease_location`,
+:mod:`fpn.data.lease`) from before :func:`init_store` until after :func:`remove_unindexed`.
+
 Axis convention: OCT ``(S, D, W)``; en-face images and masks ``(S, W)``.
 """
 
@@ -20,6 +23,7 @@ import math
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +36,13 @@ from data_prep.sources import DataError, VisitArrays, VisitSource
 from fpn.data.store import (
     ARRAY_NAMES,
     FORMAT_VERSION,
+    LEASE_NAME,
     SPLIT_PARTS,
     StoreError,
     is_local_location,
     local_path,
     open_zarr_group,
+    store_fingerprint,
 )
 
 __all__ = [
@@ -49,6 +55,8 @@ __all__ = [
     "existing_visit",
     "hash_sources",
     "init_store",
+    "lease_location",
+    "oct_value_problems",
     "remove_unindexed",
     "store_fingerprint",
     "write_index",
@@ -65,6 +73,8 @@ DEFAULT_OCT_CHUNKS: tuple[int | None, int | None, int | None] = (8, None, 256)
 # interrupted conversions; read by the convert driver and passed into the Ray tasks).
 FAULT_ENV = "FPN_CONVERT_FAIL_AFTER_FIRST_ARRAY"
 _FLOAT16_MAX = 60000.0  # below float16's 65504 so rounding cannot overflow
+# float16's smallest normal number: below it values lose precision (subnormal) and then flush to 0
+_FLOAT16_MIN_NORMAL = float(np.finfo(np.float16).tiny)  # 2**-14
 
 
 class InjectedFault(RuntimeError):
@@ -108,6 +118,57 @@ def _blosc(dtype: np.dtype, clevel: int) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=clevel, shuffle=shuffle)
 
 
+def _float16_scale(volume: np.ndarray) -> tuple[float, int]:
+    """Power-of-two scale that keeps a volume inside float16's normal range, and how many
+    non-zero voxels still fall below it (lost to subnormal precision or to zero) at that scale.
+
+    The scale is 1 when the values fit as they are; otherwise the peak is put just below
+    ``_FLOAT16_MAX``, which lifts the small values as far as they can go. Powers of two make the
+    rescaling exact: the only error left is float16's own rounding (relative 2**-11).
+    """
+    if not volume.size:
+        return 1.0, 0
+    magnitude = np.abs(volume)
+    peak = float(magnitude.max())
+    if peak == 0.0:
+        return 1.0, 0
+    smallest = float(np.min(magnitude, where=magnitude > 0, initial=np.inf))
+    if peak <= _FLOAT16_MAX and smallest >= _FLOAT16_MIN_NORMAL:
+        return 1.0, 0
+    scale = float(2.0 ** math.ceil(math.log2(peak / _FLOAT16_MAX)))
+    threshold = np.float32(_FLOAT16_MIN_NORMAL * scale)
+    lost = int(np.count_nonzero((magnitude < threshold) & (magnitude > 0)))
+    return scale, lost
+
+
+def oct_value_problems(oct_volume: np.ndarray, dtype: str) -> list[str]:
+    """What is wrong with an OCT volume's values for storing it as ``dtype`` (empty = fine).
+
+    - all voxels zero: nothing to learn from (an export or a reader went wrong);
+    - only the values 0 and 1: a boolean or mask volume given as the OCT;
+    - ``float16``: non-zero voxels that would underflow (below float16's smallest normal number
+      even after the exact power-of-two rescaling, i.e. values spanning more than float16 holds).
+    """
+    volume = np.asarray(oct_volume)
+    if volume.dtype == np.bool_:
+        return [f"OCT is a boolean volume (dtype bool, shape {volume.shape}): a mask, "
+                "not OCT intensities"]
+    if volume.size and not np.any(volume):
+        return [f"OCT is all zeros (shape {volume.shape})"]
+    if volume.size and np.all((volume == 0) | (volume == 1)):
+        return [f"OCT holds only the values 0 and 1 (shape {volume.shape}): a boolean or mask "
+                "volume, not OCT intensities"]
+    if dtype == "float16":
+        _, lost = _float16_scale(np.asarray(volume, dtype=np.float32))
+        if lost:
+            magnitude = np.abs(np.asarray(volume, dtype=np.float32))
+            low = float(np.min(magnitude, where=magnitude > 0, initial=np.inf))
+            return [f"{lost} of {volume.size} OCT voxels would underflow float16 even after "
+                    f"rescaling (|values| from {low:.3g} to {float(magnitude.max()):.3g} span "
+                    "more than float16 holds); convert with --dtype float32"]
+    return []
+
+
 def encode_oct(oct_volume: np.ndarray, dtype: str) -> tuple[np.ndarray, float, float]:
     """Convert a float OCT volume to its storage dtype.
 
@@ -117,14 +178,19 @@ def encode_oct(oct_volume: np.ndarray, dtype: str) -> tuple[np.ndarray, float, f
 
     Returns:
         ``(stored, scale, offset)`` with ``decoded = stored * scale + offset``. float16 uses a
-        power-of-two ``scale`` only when the values would overflow float16 (exact rescaling).
+        power-of-two ``scale`` only when the values would overflow float16 or fall below its
+        smallest normal number (exact rescaling; ``scale`` is recorded per visit).
+
+    Raises:
+        ValueError: float16 cannot hold the volume's range (some voxels would underflow).
     """
     volume = np.asarray(oct_volume, dtype=np.float32)
     if dtype == "float32":
         return volume, 1.0, 0.0
     if dtype == "float16":
-        peak = float(np.max(np.abs(volume))) if volume.size else 0.0
-        scale = 1.0 if peak <= _FLOAT16_MAX else float(2.0 ** math.ceil(math.log2(peak / _FLOAT16_MAX)))
+        scale, lost = _float16_scale(volume)
+        if lost:
+            raise ValueError(oct_value_problems(volume, "float16")[0])
         return (volume / np.float32(scale)).astype(np.float16), scale, 0.0
     if dtype == "uint8":
         low, high = (float(volume.min()), float(volume.max())) if volume.size else (0.0, 0.0)
@@ -166,14 +232,6 @@ def _content_sha256(stored: dict[str, np.ndarray], oct_scale: float, oct_offset:
     return digest.hexdigest()
 
 
-def store_fingerprint(index: dict[str, dict[str, Any]]) -> str:
-    """sha256 hex over the sorted ``(key, content_sha256)`` of the indexed visits."""
-    digest = hashlib.sha256()
-    for key in sorted(index):
-        digest.update(f"{key}:{index[key]['content_sha256']}\n".encode())
-    return digest.hexdigest()
-
-
 def _ome_metadata(key: str, spacing_mm: tuple[float, float, float]) -> dict[str, Any]:
     """OME-Zarr 0.5 ``ome`` attribute describing the ``oct`` array as a single-scale image."""
     axes = [{"name": axis, "type": "space", "unit": "millimeter"} for axis in ("s", "d", "w")]
@@ -197,7 +255,12 @@ def _enface_to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _check_arrays(key: str, arrays: VisitArrays, origin: str) -> None:
+def lease_location(location: str) -> str:
+    """Where the writer lease of the store at ``location`` lives (inside the store)."""
+    return f"{str(location).rstrip('/')}/{LEASE_NAME}"
+
+
+def _check_arrays(key: str, arrays: VisitArrays, origin: str, oct_dtype: str) -> None:
     if arrays.oct.ndim != 3:
         raise DataError(origin, f"visit {key}: OCT must be (S, D, W), got shape {arrays.oct.shape}")
     if not np.all(np.isfinite(arrays.oct)):
@@ -211,6 +274,8 @@ def _check_arrays(key: str, arrays: VisitArrays, origin: str) -> None:
     if len(arrays.spacing_mm) != 3 or not all(float(x) > 0 for x in arrays.spacing_mm):
         raise DataError(origin, f"visit {key}: spacing must be 3 positive numbers, "
                                 f"got {arrays.spacing_mm}")
+    for problem in oct_value_problems(arrays.oct, oct_dtype):
+        raise DataError(origin, f"visit {key}: {problem}")
 
 
 def init_store(location: str, storage_options: dict[str, Any] | None = None) -> None:
@@ -222,13 +287,18 @@ def init_store(location: str, storage_options: dict[str, Any] | None = None) -> 
     if is_local_location(location) and os.path.exists(location):
         if not os.path.isdir(location):
             raise StoreError(f"{location}: exists and is not a directory")
-        if os.listdir(location) and not os.path.exists(os.path.join(location, "zarr.json")):
+        content = set(os.listdir(location)) - {LEASE_NAME}
+        if content and not os.path.exists(os.path.join(location, "zarr.json")):
             raise StoreError(f"{location}: exists, is not empty and is not a Zarr store; "
                              "refusing to write into it")
     root = open_zarr_group(location, "a", storage_options)
     version = root.attrs.get("fpn_store_version")
     if version is None:
-        if list(root.keys()) or root.attrs.get("visits") is not None:
+        with warnings.catch_warnings():
+            # the writer lease sits in the root and is not a Zarr node; zarr says so, harmlessly
+            warnings.filterwarnings("ignore", message=f"Object at {LEASE_NAME} ")
+            members = list(root.keys())
+        if members or root.attrs.get("visits") is not None:
             raise StoreError(f"{location}: a Zarr group that is not an fpn store; "
                              "refusing to write into it")
         root.attrs.update({"fpn_store_version": FORMAT_VERSION, "visits": {},
@@ -311,7 +381,7 @@ def write_visit(
     """
     encoding = encoding or Encoding()
     origin = (sources or {}).get("oct", {}).get("path", key)
-    _check_arrays(key, arrays, origin)
+    _check_arrays(key, arrays, origin, encoding.oct_dtype)
     stored_oct, scale, offset = encode_oct(arrays.oct, encoding.oct_dtype)
     stored: dict[str, np.ndarray] = {"oct": stored_oct}
     for name in ("faf", "slo"):
@@ -404,27 +474,33 @@ def write_index(
     encoding: Encoding,
     *,
     failed: list[str] | None = None,
+    source: dict[str, str] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Write the root attributes that make visits part of the store; returns the fingerprint.
 
+    The fingerprint covers the visits' content and the split (:func:`store_fingerprint`).
+    ``source`` (``{"location", "layout"}``) records where the visits came from.
     On a local path the root ``zarr.json`` is replaced atomically (temporary file + rename).
     """
     for part in split:
         if part not in SPLIT_PARTS:
             raise ValueError(f"unknown split part {part!r}")
-    fingerprint = store_fingerprint(index)
+    full_split = {part: sorted(split.get(part, [])) for part in SPLIT_PARTS}
+    fingerprint = store_fingerprint(index, full_split)
     patients = sorted({entry["patient_id"] for entry in index.values()})
     new_attrs = {
         "fpn_store_version": FORMAT_VERSION,
         "fingerprint": fingerprint,
         "patients": patients,
-        "split": {part: sorted(split.get(part, [])) for part in SPLIT_PARTS},
+        "split": full_split,
         "split_source": split_source,
         "visits": {key: index[key] for key in sorted(index)},
         "oct_dtype": encoding.oct_dtype,
         "conversion": {"complete": not failed, "failed": sorted(failed or [])},
     }
+    if source is not None:
+        new_attrs["source"] = dict(source)
     if is_local_location(location) or location.startswith("file://"):
         meta_path = os.path.join(local_path(location), "zarr.json")
         with open(meta_path, encoding="utf-8") as handle:

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from data_prep.layouts import LAYOUTS, SPLIT_PARTS, check_visit, discover, split_origin
-from data_prep.sources import Problem, VisitSource
+from data_prep.layouts import LAYOUTS, SPLIT_PARTS, check_visit, discover, load_visit, split_origin
+from data_prep.sources import DataError, Problem, VisitSource
+from data_prep.store_writer import OCT_DTYPES, oct_value_problems
 
-__all__ = ["cross_visit_problems", "validate_main", "validate_source"]
+__all__ = ["cross_visit_problems", "validate_main", "validate_source", "visit_problems"]
 
 
 def cross_visit_problems(visits: Sequence[VisitSource], split: dict[str, list[str]] | None,
@@ -62,14 +63,31 @@ def cross_visit_problems(visits: Sequence[VisitSource], split: dict[str, list[st
     return problems
 
 
-def validate_source(src: str | Path, layout: str, *, workers: int | None = None
-                    ) -> tuple[list[VisitSource], list[Problem]]:
+def visit_problems(v: VisitSource, oct_dtype: str | None = "float16") -> list[Problem]:
+    """Every problem of one visit: its files (:func:`check_visit`), then its OCT values.
+
+    The values are refused where the store would be quietly wrong: an all-zero OCT, a boolean
+    (0/1-only) OCT, and with ``oct_dtype="float16"`` voxels that would underflow float16
+    (:func:`data_prep.store_writer.oct_value_problems`); ``oct_dtype=None`` skips the dtype check.
+    """
+    try:
+        arrays = load_visit(v)  # a clean visit is read once
+    except DataError:
+        return check_visit(v)  # ... a bad one again, to list all of its problems
+    return [Problem(v.oct, message, v.key)
+            for message in oct_value_problems(arrays.oct, oct_dtype or "float32")]
+
+
+def validate_source(src: str | Path, layout: str, *, workers: int | None = None,
+                    oct_dtype: str | None = "float16") -> tuple[list[VisitSource], list[Problem]]:
     """Discover a source and check every visit and the visits against each other.
 
     Args:
         src: source root folder (reference) or manifest CSV/folder (manifest).
         layout: ``"reference"`` or ``"manifest"``.
         workers: threads for the per-visit checks (default: up to 4, at most the CPU count).
+        oct_dtype: the store's OCT dtype, whose range the values must fit (``convert``'s
+            ``--dtype``; default float16 like convert's); None = no dtype check.
 
     Returns:
         ``(visits, problems)`` with every problem found: discovery, per visit (in visit order),
@@ -79,9 +97,9 @@ def validate_source(src: str | Path, layout: str, *, workers: int | None = None
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     if workers > 1 and len(visits) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            per_visit = list(pool.map(check_visit, visits))
+            per_visit = list(pool.map(lambda v: visit_problems(v, oct_dtype), visits))
     else:
-        per_visit = [check_visit(v) for v in visits]
+        per_visit = [visit_problems(v, oct_dtype) for v in visits]
     for found in per_visit:
         problems.extend(found)
     problems.extend(cross_visit_problems(visits, split, split_origin(src, layout)))
@@ -97,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--layout", required=True, choices=LAYOUTS, help="source layout")
     parser.add_argument("--workers", type=int, default=None,
                         help="threads for reading visits (default: min(4, CPUs))")
+    parser.add_argument("--dtype", choices=OCT_DTYPES, default="float16",
+                        help="the OCT storage dtype convert will use: the values must fit it "
+                             "(default float16, like convert)")
     return parser
 
 
@@ -113,7 +134,8 @@ def validate_main(argv: list[str] | None = None) -> int:
     if not Path(args.src).exists():
         print(f"{parser.prog}: error: {args.src}: no such file or folder", file=sys.stderr)
         return 2
-    visits, problems = validate_source(args.src, args.layout, workers=args.workers)
+    visits, problems = validate_source(args.src, args.layout, workers=args.workers,
+                                       oct_dtype=args.dtype)
     for problem in problems:
         print(problem)
     files = {p.path for p in problems}

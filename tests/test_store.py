@@ -101,7 +101,7 @@ def test_index_only_lists_complete_visits(built, tmp_path):
     shutil.rmtree(copy / "visits" / "C_OD_0")  # indexed but gone
     store = open_store(str(copy))
     assert [v.key for v in store.visits] == ["A_OD_0", "A_OD_30"]
-    assert store.fingerprint == store_fingerprint(index)  # the index itself is untouched
+    assert store.fingerprint == store_fingerprint(index, SPLIT)  # the index itself is untouched
 
 
 def test_not_a_store(tmp_path):
@@ -124,6 +124,84 @@ def test_encode_oct_dtypes():
     assert stored.dtype == np.float16 and np.isfinite(stored).all() and scale > 1
     np.testing.assert_allclose(stored.astype(np.float32) * scale, big, rtol=2 ** -11)
     assert encode_oct(volume, "float16")[1:] == (1.0, 0.0)
+
+
+def test_float16_guards_underflow_by_an_exact_recorded_scale(tmp_path):
+    """Small values (a linear-intensity export, ~1e-8) used to flush to zero in float16: a third
+    of the voxels and more. Now a power-of-two scale recorded per visit keeps them."""
+    rng = np.random.default_rng(0)
+    tiny = rng.gamma(2.0, 2e-8, SHAPE).astype(np.float32)
+    assert np.count_nonzero(tiny.astype(np.float16) == 0) > tiny.size // 3  # what plain casting did
+    stored, scale, offset = encode_oct(tiny, "float16")
+    assert scale < 1 and offset == 0 and np.log2(scale) == int(np.log2(scale))
+    assert np.count_nonzero(stored) == tiny.size
+    np.testing.assert_allclose(stored.astype(np.float32) * scale, tiny, rtol=2 ** -11)
+
+    location = str(tmp_path / "store.zarr")
+    init_store(location)
+    entry = write_visit(location, "A_OD_0", VisitArrays(oct=tiny, spacing_mm=SPACING),
+                        patient_id="A", eye="OD", day=0)
+    write_index(location, {"A_OD_0": entry}, {"train": ["A"]}, "seeded:0", Encoding())
+    store = open_store(location)
+    assert float(store.array("A_OD_0", "oct").attrs["scale"]) == scale
+    np.testing.assert_allclose(store.read("A_OD_0", "oct"), tiny, rtol=2 ** -11)
+
+
+def test_float16_refuses_a_range_it_cannot_hold_naming_the_visit(tmp_path):
+    volume = np.random.default_rng(0).gamma(2.0, 40.0, SHAPE).astype(np.float32)
+    volume[0, 0, :4] = 1e-9  # 11 decades below the peak: beyond float16 at any scale
+    with pytest.raises(ValueError, match="underflow float16.*--dtype float32"):
+        encode_oct(volume, "float16")
+    location = str(tmp_path / "store.zarr")
+    init_store(location)
+    arrays = VisitArrays(oct=volume, spacing_mm=SPACING)
+    with pytest.raises(ValueError, match=r"bscan\.npy: visit A_OD_0: 4 of .* underflow float16"):
+        write_visit(location, "A_OD_0", arrays, patient_id="A", eye="OD", day=0,
+                    sources={"oct": {"path": "bscan.npy", "sha256": "x"}})
+    # float32 holds it as it is
+    write_visit(location, "A_OD_0", arrays, patient_id="A", eye="OD", day=0,
+                encoding=Encoding("float32"))
+
+
+@pytest.mark.parametrize("volume, cause", [
+    (np.zeros(SHAPE, np.float32), "all zeros"),
+    ((np.arange(np.prod(SHAPE)).reshape(SHAPE) % 3 == 0), "boolean volume"),
+    ((np.arange(np.prod(SHAPE)).reshape(SHAPE) % 3 == 0).astype(np.float32), "only the values 0 and 1"),
+])
+@pytest.mark.parametrize("dtype", ["float16", "uint8"])
+def test_all_zero_and_boolean_volumes_are_refused_by_name(tmp_path, volume, cause, dtype):
+    location = str(tmp_path / "store.zarr")
+    init_store(location)
+    arrays = VisitArrays(oct=volume, spacing_mm=SPACING)
+    with pytest.raises(ValueError, match=f"bscan\\.npy: visit A_OD_0: OCT .*{cause}"):
+        write_visit(location, "A_OD_0", arrays, patient_id="A", eye="OD", day=0,
+                    sources={"oct": {"path": "bscan.npy", "sha256": "x"}},
+                    encoding=Encoding(dtype))
+    assert sorted(p.name for p in (tmp_path / "store.zarr" / "visits").iterdir()) == ["zarr.json"]
+
+
+def test_fingerprint_covers_the_split(built, tmp_path):
+    """Pretraining runs are reused by fingerprint: moving one patient between parts must change
+    it, for the writer's value and for what the reader reports."""
+    location, _, index = built
+    moved = {**SPLIT, "train": [], "test": ["A"]}
+    assert store_fingerprint(index, moved) != store_fingerprint(index, SPLIT)
+    assert store_fingerprint(index, {"train": ["A"], "val": ["B"], "unlabelled": ["C"]}) == \
+        store_fingerprint(index, SPLIT)  # parts not given are empty
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(location, copy)
+    write_index(str(copy), index, moved, "seeded:1", Encoding("float32"))
+    assert open_store(str(copy)).fingerprint == store_fingerprint(index, moved)
+    assert open_store(str(copy)).fingerprint != open_store(location).fingerprint
+    # a split edited by hand (or a store written before the fingerprint covered the split):
+    # the reader recomputes the identity from what the store holds
+    meta_path = copy / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["split"] = SPLIT
+    meta_path.write_text(json.dumps(meta))
+    assert open_store(str(copy)).fingerprint == open_store(location).fingerprint
 
 
 def test_write_visit_rejects_bad_arrays(tmp_path):

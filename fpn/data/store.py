@@ -17,8 +17,10 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ __all__ = [
     "ARRAY_NAMES",
     "ENFACE_NAMES",
     "FORMAT_VERSION",
+    "LEASE_NAME",
     "SPLIT_PARTS",
     "Store",
     "StoreError",
@@ -37,6 +40,7 @@ __all__ = [
     "local_path",
     "open_store",
     "open_zarr_group",
+    "store_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,30 @@ FORMAT_VERSION = 1
 ARRAY_NAMES = ("oct", "faf", "slo", "mask")
 ENFACE_NAMES = ("faf", "slo")
 SPLIT_PARTS = ("train", "val", "test", "unlabelled")
+# The writer lease (fpn.data.lease) that data_prep's convert holds while it writes the store.
+LEASE_NAME = "writer.lease"
+
+
+def store_fingerprint(index: Mapping[str, Mapping[str, Any]],
+                      split: Mapping[str, Iterable[str]]) -> str:
+    """What a store is: sha256 hex over its visits' content and its split.
+
+    Args:
+        index: ``{key: {"content_sha256": ..., ...}}`` (the root ``visits`` attribute).
+        split: ``{part: [patient ids]}``; parts not given count as empty.
+
+    The digest covers the sorted ``key:content_sha256`` lines, then one line per split part
+    (``train``, ``val``, ``test``, ``unlabelled``, in that order) with its sorted patient ids, so
+    moving one patient from train to test changes it: results computed on a store (pretraining,
+    fine-tuning, test Dice) are reused only for the same data *and* the same split.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(index):
+        digest.update(f"{key}:{index[key]['content_sha256']}\n".encode())
+    for part in SPLIT_PARTS:
+        patients = sorted(str(p) for p in split.get(part, []))
+        digest.update(f"split:{part}:{json.dumps(patients)}\n".encode())
+    return digest.hexdigest()
 
 
 class StoreError(ValueError):
@@ -148,14 +176,22 @@ class Store:
                 f"{self.location}: store format version {version}, this reader reads {FORMAT_VERSION}"
             )
         self.format_version: int = int(version)
-        self.fingerprint: str = str(attrs.get("fingerprint", ""))
         self.split_source: str = str(attrs.get("split_source", ""))
         self.oct_dtype: str = str(attrs.get("oct_dtype", ""))
         self.conversion: dict[str, Any] = dict(attrs.get("conversion", {}))
         split = {part: sorted(attrs.get("split", {}).get(part, [])) for part in SPLIT_PARTS}
         self.split: dict[str, list[str]] = split
-        part_of = {p: part for part, patients in split.items() for p in patients}
         index: dict[str, dict[str, Any]] = dict(attrs.get("visits", {}))
+        # Known by what it is: the fingerprint is recomputed from the index and the split, so a
+        # store written before the fingerprint covered the split (or whose split attribute was
+        # edited) still gets the identity of what it holds.
+        recorded = str(attrs.get("fingerprint", ""))
+        self.fingerprint: str = store_fingerprint(index, split) if index else recorded
+        if recorded and recorded != self.fingerprint:
+            log.warning("%s: recorded fingerprint %s... does not match the index and split "
+                        "(%s...; written before the fingerprint covered the split?); using the "
+                        "recomputed one", self.location, recorded[:12], self.fingerprint[:12])
+        part_of = {p: part for part, patients in split.items() for p in patients}
         self._visits: dict[str, VisitInfo] = {}
         skipped: list[str] = []
         for key in sorted(index):
