@@ -213,7 +213,7 @@ def test_reader_skips_a_half_written_indexed_visit(source, tmp_path, ray_local):
     url = f"memory://{tmp_path.name}/store.zarr"
     assert convert(str(root), url, progress=False).ok
     assert len(open_store(url).visits) == len(expected)
-    arrays = VisitArrays(oct=np.ones(SHAPE, np.float32), spacing_mm=SPACING)
+    arrays = VisitArrays(oct=np.full(SHAPE, 0.5, np.float32), spacing_mm=SPACING)
     with pytest.raises(RuntimeError, match="injected"):
         write_visit(url, "P01_OD_0", arrays, patient_id="P01", eye="OD", day=0,
                     fail_after_first_array=True)
