@@ -8,7 +8,9 @@
     demo      synth (if missing) -> convert (if not complete) -> summary
 
 Each subcommand is a thin wrapper over a ``*_main(argv) -> int`` function; exit codes: 0 = done,
-1 = bad input / failed, 2 = usage error.
+1 = bad input / failed, 2 = usage error; ``convert`` also exits 2 when another convert holds the
+store's writer lease, or when the store holds another source's visits and ``--overwrite`` is not
+given (nothing written in either case).
 """
 
 from __future__ import annotations
@@ -89,7 +91,14 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
     if complete:
         print(f"demo: store already complete at {store_path}")
     else:
-        stats = convert(source, store_path, seed=args.seed, num_cpus=args.num_cpus)
+        from data_prep.convert import OverwriteRefused
+        from fpn.data.lease import LeaseHeld
+
+        try:
+            stats = convert(source, store_path, seed=args.seed, num_cpus=args.num_cpus)
+        except (LeaseHeld, OverwriteRefused) as exc:
+            print(f"demo: nothing written: {exc}", file=sys.stderr)
+            return 2
         print(stats.summary_line())
         if not stats.ok:
             for problem in stats.problems:

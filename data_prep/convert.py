@@ -25,7 +25,9 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -322,12 +324,15 @@ def _take_lease(out: str, storage_options: dict[str, Any] | None, ttl_s: float, 
     lease.acquire()  # LeaseHeld: another writer is at work
     if lease.took_over is not None:
         stats.notes.append(f"took over the stale writer lease of {lease.took_over.describe()}")
+    return lease
+
+
+def _hold_for_tests() -> None:
     hold = os.environ.get(HOLD_ENV)
     if hold:
         deadline = time.monotonic() + 120
         while not os.path.exists(hold) and time.monotonic() < deadline:
             time.sleep(0.05)
-    return lease
 
 
 def _conflicts(
@@ -429,6 +434,7 @@ def convert(
 
     lease = _take_lease(out, storage_options, lease_ttl_s, src, stats)
     try:
+        _hold_for_tests()
         init_store(out, storage_options)
         stats.dropped, stats.replaced, recorded, hashed = _conflicts(out, visits, storage_options)
         if stats.dropped or stats.replaced:
@@ -513,6 +519,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def convert_main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: 0 = store complete, 1 = invalid source or some visits failed, 2 = usage error,
     store busy (another writer holds the lease) or a different source without ``--overwrite``."""
@@ -527,6 +537,9 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--lease-ttl must be positive, got {args.lease_ttl}")
     except ValueError as exc:
         parser.error(str(exc))
+    # A scheduler's SIGTERM unwinds like Ctrl-C: Ray is shut down and the writer lease released.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         stats = convert(
             args.src, args.out, layout=args.layout, encoding=encoding,
@@ -546,6 +559,9 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, LeaseError, OSError) as exc:
         print(f"convert: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     for note in stats.notes:
         print(f"convert: {note}", file=sys.stderr)
     if stats.problems:

@@ -89,11 +89,31 @@ def test_stale_lease_is_taken_over_and_the_old_holder_learns_it(where):
     time.sleep(0.8)
     newcomer = Lease(location, ttl_s=30, storage_options=options).acquire()
     with pytest.raises(LeaseLost, match="now held by"):
+        stalled.heartbeat()  # its write is conditional on what it last wrote: refused
+    with pytest.raises(LeaseLost, match="now held by"):
         stalled.check()
     stalled.release()  # must not delete the newcomer's lease
     assert read_lease(location, options).owner == newcomer.owner
     newcomer.release()
     assert read_lease(location, options) is None
+
+
+def test_takeover_is_conditional_on_what_was_read(where):
+    """Two contenders read the same stale lease; the first replacement wins, the second (based
+    on the now outdated read) fails instead of overwriting it."""
+    from fpn.data.lease import _backend
+
+    location, options = where
+    _dead_holder(location, age_s=10, **(options or {}))
+    first, second = _backend(location, options), _backend(location, options)
+    (stale, version), (_, same_version) = first.read(), second.read()
+    now = time.time()
+    mine = LeaseRecord(LeaseOwner.current("first"), now, now, 30.0)
+    theirs = LeaseRecord(LeaseOwner.current("second"), now, now, 30.0)
+    assert first.replace(version, mine) is True
+    assert second.replace(same_version, theirs) is False
+    assert second.delete(same_version, stale.owner.token) is False
+    assert read_lease(location, options).owner == mine.owner
 
 
 def test_a_fresh_lease_is_never_taken_over(where):

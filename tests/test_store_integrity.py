@@ -86,6 +86,24 @@ def test_two_concurrent_converts_one_is_refused_and_the_store_is_complete(source
     assert _debris(out) == [] and read_lease(lease_location(str(out))) is None
 
 
+def test_sigterm_releases_the_writer_lease(source, tmp_path):
+    """A scheduler's SIGTERM unwinds the convert: the next run need not wait out the TTL."""
+    import signal
+
+    out = tmp_path / "store.zarr"
+    held = subprocess.Popen(_convert_cmd(source, out),
+                            env=_cli_env(**{HOLD_ENV: str(tmp_path / "never")}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while read_lease(lease_location(str(out))) is None:
+        assert held.poll() is None and time.monotonic() < deadline, held.communicate()
+        time.sleep(0.1)
+    held.send_signal(signal.SIGTERM)
+    held.communicate(timeout=60)
+    assert held.returncode == 128 + signal.SIGTERM
+    assert read_lease(lease_location(str(out))) is None
+
+
 def test_a_stale_writer_lease_is_taken_over_by_name(source, tmp_path, ray_local, capsys):
     """A convert killed with -9 leaves its lease; once its heartbeat is older than its TTL the
     next convert takes it over (atomically) and says whose it was."""

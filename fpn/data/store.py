@@ -68,7 +68,7 @@ def store_fingerprint(index: Mapping[str, Mapping[str, Any]],
     """
     digest = hashlib.sha256()
     for key in sorted(index):
-        digest.update(f"{key}:{index[key]['content_sha256']}\n".encode())
+        digest.update(f"{key}:{index[key].get('content_sha256', '')}\n".encode())
     for part in SPLIT_PARTS:
         patients = sorted(str(p) for p in split.get(part, []))
         digest.update(f"split:{part}:{json.dumps(patients)}\n".encode())
