@@ -151,21 +151,21 @@ def oct_value_problems(oct_volume: np.ndarray, dtype: str) -> list[str]:
     """
     volume = np.asarray(oct_volume)
     if volume.dtype == np.bool_:
-        return [f"OCT is a boolean volume (dtype bool, shape {volume.shape}): a mask, "
-                "not OCT intensities"]
+        return [(f"OCT is a boolean volume (dtype bool, shape {volume.shape}): a mask, "
+                 "not OCT intensities")]
     if volume.size and not np.any(volume):
         return [f"OCT is all zeros (shape {volume.shape})"]
     if volume.size and np.all((volume == 0) | (volume == 1)):
-        return [f"OCT holds only the values 0 and 1 (shape {volume.shape}): a boolean or mask "
-                "volume, not OCT intensities"]
+        return [(f"OCT holds only the values 0 and 1 (shape {volume.shape}): a boolean or mask "
+                 "volume, not OCT intensities")]
     if dtype == "float16":
         _, lost = _float16_scale(np.asarray(volume, dtype=np.float32))
         if lost:
             magnitude = np.abs(np.asarray(volume, dtype=np.float32))
             low = float(np.min(magnitude, where=magnitude > 0, initial=np.inf))
-            return [f"{lost} of {volume.size} OCT voxels would underflow float16 even after "
-                    f"rescaling (|values| from {low:.3g} to {float(magnitude.max()):.3g} span "
-                    "more than float16 holds); convert with --dtype float32"]
+            return [(f"{lost} of {volume.size} OCT voxels would underflow float16 even after "
+                     f"rescaling (|values| from {low:.3g} to {float(magnitude.max()):.3g} span "
+                     "more than float16 holds); convert with --dtype float32")]
     return []
 
 

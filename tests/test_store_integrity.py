@@ -21,10 +21,11 @@ from data_prep.store_writer import lease_location
 from data_prep.validate import validate_main
 from fpn.data.lease import Lease, LeaseOwner, LeaseRecord, read_lease
 from fpn.data.store import open_store
+from tests import test_object_storage
 from tests.test_convert import PATIENTS, SPLIT, write_reference_source
-from tests.test_object_storage import s3_endpoint  # noqa: F401 -- moto's S3 server on 127.0.0.1
 
 REPO = Path(__file__).resolve().parents[1]
+s3_endpoint = test_object_storage.s3_endpoint  # the fixture: moto's S3 server on 127.0.0.1
 OTHER_PATIENTS = {"Q01": [("OD", 0, True)], "Q02": [("OS", 0, True)], "Q03": [("OD", 0, True)]}
 OTHER_SPLIT = {"train": ["Q01"], "val": ["Q02"], "test": ["Q03"]}
 
@@ -69,7 +70,7 @@ def test_two_concurrent_converts_one_is_refused_and_the_store_is_complete(source
             assert time.monotonic() < deadline, "the first convert never took the lease"
             time.sleep(0.1)
         second = subprocess.run(_convert_cmd(source, out), env=_cli_env(), capture_output=True,
-                                text=True, timeout=300)
+                                text=True, timeout=300, check=False)
         assert second.returncode == 2, second.stderr
         refusal = _lines(second.stderr)
         assert len(refusal) == 1, refusal
@@ -253,3 +254,15 @@ def test_fingerprint_changes_when_the_split_changes(source, tmp_path, ray_local)
     assert store.split["test"] == ["P02", "P03"] and store.fingerprint == second.fingerprint
     (root / "split.json").write_text(json.dumps(SPLIT))
     assert convert(str(root), str(out), progress=False).fingerprint == first.fingerprint
+
+
+def test_schemes_without_atomic_writes_convert_with_a_warning():
+    from data_prep.convert import ConvertStats, _take_lease
+
+    stats = ConvertStats(location="gs://bucket/store.zarr")
+    assert _take_lease("gs://bucket/store.zarr", None, 60.0, "src", stats) is None
+    assert len(stats.notes) == 1 and "no writer lease" in stats.notes[0]
+    assert "make sure no other convert writes this store" in stats.notes[0]
+    stats = ConvertStats(location="memory://x/store.zarr")  # one process: nothing to say
+    assert _take_lease("memory://x/store.zarr", None, 60.0, "src", stats) is None
+    assert stats.notes == []

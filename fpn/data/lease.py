@@ -42,9 +42,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol, Self
 
 __all__ = [
     "Lease",
@@ -119,7 +120,7 @@ class LeaseRecord:
     def describe(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
         o = self.owner
-        since = datetime.fromtimestamp(self.acquired_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        since = datetime.fromtimestamp(self.acquired_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         return (f"{o.user}@{o.host} pid {o.pid} ({o.command}) since {since}, heartbeat "
                 f"{max(0.0, now - self.heartbeat_at):.0f}s ago (stale after {self.ttl_s:g}s)")
 
@@ -502,8 +503,9 @@ class Lease:
                 self._backend.delete(self._version, self.owner.token)
             self._record, self._version = None, None
 
-    def __enter__(self) -> Lease:
-        return self.acquire()
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
