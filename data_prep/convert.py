@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,8 +82,9 @@ class ConvertStats:
         fingerprint: the store fingerprint after the run (None when nothing was written).
         removed: visit groups or debris removed because they are not in the new index.
         dropped: visits the store held that this source does not produce (removed; needs
-            ``overwrite``).
-        replaced: visits the store held from other source files (rewritten; needs ``overwrite``).
+            ``overwrite`` when the store came from another source).
+        replaced: visits the store held from other source files (rewritten; needs
+            ``overwrite`` when the store came from another source).
         notes: warnings for the user (e.g. no writer lease on this kind of location).
     """
 
@@ -354,9 +356,11 @@ def _conflicts(
     by_key = {v.key: v for v in visits}
     dropped = sorted(set(old_index) - set(by_key))
     replaced: list[str] = []
-    hashed: dict[str, tuple[dict[str, dict[str, str]], str]] = {}
-    for key in sorted(set(old_index) & set(by_key)):
-        hashed[key] = hash_sources(by_key[key])
+    common = sorted(set(old_index) & set(by_key))
+    # hashing is I/O and hashlib, which release the GIL: threads, like validate's reads
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        hashed = dict(zip(common, pool.map(lambda key: hash_sources(by_key[key]), common)))
+    for key in common:
         try:
             stored_sha = root[f"visits/{key}"].attrs.get("source_sha256")
         except KeyError:
