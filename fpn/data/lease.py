@@ -342,7 +342,7 @@ def read_lease(location: str, storage_options: dict[str, Any] | None = None) -> 
 
 
 # -- the lease --------------------------------------------------------------------------------------
-@dataclass
+@dataclass(eq=False)  # a lease is one holder's handle: identity, not value
 class Lease:
     """An exclusive lease at ``location``; use as a context manager or call acquire/release.
 
