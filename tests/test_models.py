@@ -366,10 +366,14 @@ def test_optimised_fpn_equals_the_plain_yardstick() -> None:
     assert (head_fast - head_plain).norm() / head_plain.norm() < 1e-2
 
 
-def test_channels_last_is_numerically_the_same_network() -> None:
+@pytest.mark.parametrize("name", ["fpn", "lachinov", "ipn", "ipnv2"])
+def test_channels_last_is_numerically_the_same_network(name: str) -> None:
+    kwargs = {"width": 1 / 8} if name == "fpn" else dict(SMALL[name])
+    if name.startswith("ipn"):
+        kwargs["depth"] = 64
     torch.manual_seed(0)
-    a = create_model("fpn", width=1 / 8).eval()
-    b = create_model("fpn", width=1 / 8, channels_last=False).eval()
+    a = create_model(name, **kwargs).eval()
+    b = create_model(name, **kwargs, channels_last=False).eval()
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 1, 8, 64, 32)
     with torch.no_grad():
