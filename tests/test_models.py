@@ -98,12 +98,13 @@ def test_bad_constructor_arguments_raise_value_error(name: str, kwargs: dict, me
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_output_lies_on_the_input_grid_for_awkward_sizes(name: str) -> None:
     model = _small(name).eval()
-    for depth in (64, 96, 128):
+    # sizes divisible by nothing the networks pool by (small, so that the test stays fast)
+    for depth in (64, 100):
         assert depth >= model.min_depth
-        x = torch.randn(1, 1, 49, depth, 200)
+        x = torch.randn(1, 1, 13, depth, 37)
         with torch.no_grad():
             y = model(x)
-        assert y.shape == (1, 1, 49, 200), (name, depth)
+        assert y.shape == (1, 1, 13, 37), (name, depth)
         assert y.dtype == torch.float32 and torch.isfinite(y).all()
 
 
@@ -230,7 +231,7 @@ def test_lachinov_blocks_add_without_a_final_relu_and_handle_awkward_sizes() -> 
     model = _small("lachinov").eval()
     assert model.min_depth == 8
     with torch.no_grad():
-        for s, depth, w in ((13, 20, 37), (1, 8, 9), (7, 33, 64)):
+        for s, depth, w in ((13, 20, 37), (1, 8, 9), (7, 33, 24)):
             assert model(torch.randn(2, 1, s, depth, w)).shape == (2, 1, s, w)
     with pytest.raises(ValueError, match="depth >= 8"):
         model(torch.randn(1, 1, 4, 7, 16))
