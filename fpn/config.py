@@ -46,6 +46,7 @@ class DataConfig(_Section):
     multiplier: int = Field(20, ge=1, description="crops per volume per epoch")
     augment: bool = True
     noise_std: float = Field(0.0, ge=0.0, description="per-voxel Gaussian noise on the z-scored OCT")
+    offset_std: float = Field(0.2, ge=0.0, description="std of one additive offset per crop; 0: off")
     loader_workers: int = Field(2, ge=0, le=16)
     zscore_eps: float = 1e-6
 

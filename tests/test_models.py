@@ -18,6 +18,7 @@ from fpn.models import (
     load_pretrained,
     reset_head,
 )
+from fpn.models.lachinov import BottleneckBlock
 
 torch.set_num_threads(1)
 
@@ -26,8 +27,21 @@ SMALL: dict[str, dict] = {
     "fpn": {"width": 1 / 16},
     "resensnet": {"width": 1 / 16},
     "lachinov": {"width": 1 / 8},
-    "ipn": {"channels": 2},
-    "ipnv2": {"channels": (2, 4)},
+    "ipn": {"channels": 4},
+    "ipn-bn": {"channels": 2},
+    "ipnv2": {"channels": (4, 4)},
+    "ipnv2-bn": {"channels": (2, 4)},
+}
+ALL_MODELS = ["fpn", "ipn", "ipn-bn", "ipnv2", "ipnv2-bn", "lachinov", "resensnet"]
+# parameters at defaults (one output channel); the published designs' counts are pinned here
+PARAMETERS = {
+    "fpn": 4_369_553,  # the reference release, exactly
+    "resensnet": 4_718_737,
+    "lachinov": 1_513_697,  # the authors' release without its unused fourth decoder stage
+    "ipn": 1_551_553,  # Li et al.: ~1.55 M
+    "ipn-bn": 1_552_513,
+    "ipnv2": 2_113_025,  # Li et al.: ~2.1 M
+    "ipnv2-bn": 2_040_833,
 }
 
 
@@ -46,7 +60,7 @@ def _load_model_speed():
 
 
 def test_registry_lists_all_models_and_drops_none_kwargs() -> None:
-    assert list_models() == ["fpn", "ipn", "ipnv2", "lachinov", "resensnet"]
+    assert list_models() == ALL_MODELS
     model = create_model("fpn", width=None, norm=None, out_channels=2)
     assert isinstance(model, FPN) and model.channels == (16, 32, 64, 128, 256)
     assert model.head.out_channels == 2
@@ -66,8 +80,14 @@ def test_registry_lists_all_models_and_drops_none_kwargs() -> None:
         ("fpn", {"init": "kaiming"}, "init"),
         ("resensnet", {"depth": 8}, "depth"),
         ("lachinov", {"channels": (32,)}, "channels"),
+        ("lachinov", {"blocks": (1, 1, 2)}, "blocks"),
+        ("lachinov", {"decoder_blocks": (1, 1, 2, 4)}, "decoder_blocks"),
+        ("lachinov", {"upsample": "transpose"}, "upsample"),
         ("ipn", {"depth": 0}, "depth"),
+        ("ipn", {"norm": "layer"}, "norm"),
         ("ipnv2", {"channels": (64,)}, "channels"),
+        ("ipnv2", {"levels": 0}, "levels"),
+        ("ipnv2-bn", {"channels": (64,)}, "channels"),
     ],
 )
 def test_bad_constructor_arguments_raise_value_error(name: str, kwargs: dict, message: str) -> None:
@@ -75,15 +95,16 @@ def test_bad_constructor_arguments_raise_value_error(name: str, kwargs: dict, me
         create_model(name, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["fpn", "resensnet", "lachinov", "ipn", "ipnv2"])
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_output_lies_on_the_input_grid_for_awkward_sizes(name: str) -> None:
     model = _small(name).eval()
-    for depth in (64, 96, 128):
+    # sizes divisible by nothing the networks pool by (small, so that the test stays fast)
+    for depth in (64, 100):
         assert depth >= model.min_depth
-        x = torch.randn(1, 1, 49, depth, 200)
+        x = torch.randn(1, 1, 13, depth, 37)
         with torch.no_grad():
             y = model(x)
-        assert y.shape == (1, 1, 49, 200), (name, depth)
+        assert y.shape == (1, 1, 13, 37), (name, depth)
         assert y.dtype == torch.float32 and torch.isfinite(y).all()
 
 
@@ -102,16 +123,17 @@ def test_depth_bound_models_reject_deeper_input_with_a_clear_error() -> None:
     assert _small("ipn").pools == (4, 4, 2, 2, 2)
     assert _small("ipn", depth=64).pools == (4, 2, 2, 2, 2)
     assert _small("ipnv2").pools == (8, 4, 4)
-    for name in ("resensnet", "ipn", "ipnv2"):
+    for name in ("resensnet", "ipn", "ipn-bn", "ipnv2", "ipnv2-bn"):
         model = _small(name, depth=64).eval()
         assert model.max_depth == 64
         with pytest.raises(ValueError, match="depth"):
             model(torch.randn(1, 1, 4, 80, 16))
 
 
-def test_fpn_parameter_count_matches_the_reference_design() -> None:
-    count = sum(p.numel() for p in create_model("fpn").parameters())
-    assert abs(count - 4_369_553) <= 0.01 * 4_369_553, count
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_parameter_counts_at_defaults(name: str) -> None:
+    count = sum(p.numel() for p in create_model(name).parameters())
+    assert count == PARAMETERS[name], (name, count)
 
 
 @pytest.mark.parametrize(
@@ -120,9 +142,12 @@ def test_fpn_parameter_count_matches_the_reference_design() -> None:
         ("fpn", {}),
         ("fpn", {"reduction": "attention", "upsample": "transpose", "norm": "group"}),
         ("resensnet", {"depth": 64}),
-        ("lachinov", {"upsample": "transpose"}),
+        ("lachinov", {}),
+        ("lachinov", {"upsample": "nearest", "norm": "batch"}),
         ("ipn", {"depth": 64}),
-        ("ipnv2", {"depth": 64, "upsample": "transpose"}),
+        ("ipn-bn", {"depth": 64}),
+        ("ipnv2", {"depth": 64}),
+        ("ipnv2-bn", {"depth": 64, "upsample": "transpose"}),
     ],
 )
 def test_every_parameter_receives_a_gradient(name: str, kwargs: dict) -> None:
@@ -164,6 +189,107 @@ def test_projection_variants_build_run_and_are_deterministic_in_eval(kwargs: dic
     assert torch.equal(first, second)
 
 
+def _convs(module: torch.nn.Module) -> list[torch.nn.Conv3d]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.Conv3d)]
+
+
+def test_lachinov_is_built_as_the_authors_release() -> None:
+    model = create_model("lachinov")
+    assert model.channels == (32, 64, 128, 256)
+    stem_conv = model.stem[0]
+    assert stem_conv.kernel_size == (3, 1, 3) and stem_conv.bias is not None
+    assert isinstance(model.stem[1], torch.nn.InstanceNorm3d) and model.stem[1].affine
+    blocks = [[m for m in stage if isinstance(m, BottleneckBlock)] for stage in model.encoder]
+    assert [len(b) for b in blocks] == [1, 1, 2, 4]
+    for level, stage in enumerate(model.encoder[1:], start=1):
+        down = stage[0]  # bias-free (1, 2, 2) strided conv, no norm after it
+        assert isinstance(down, torch.nn.Conv3d) and down.kernel_size == down.stride == (1, 2, 2)
+        assert down.bias is None and isinstance(stage[1], BottleneckBlock), level
+    for block, channels in ((blocks[0][0], 32), (blocks[3][0], 256)):
+        reduce, inner, expand = _convs(block)
+        assert (reduce.out_channels, inner.kernel_size, expand.out_channels) == (
+            channels // 8, (1, 3, 3), channels)
+        assert all(c.bias is None for c in (reduce, inner, expand))
+    assert [sum(isinstance(m, BottleneckBlock) for m in stage.modules())
+            for stage in model.decoder] == [2, 1, 1]  # third, second, top level
+    for stage, (deep, skip) in zip(model.decoder, ((256, 128), (128, 64), (64, 32))):
+        assert (stage.reduce.in_channels, stage.reduce.out_channels) == (deep, skip)
+        fuse = stage.fuse[0]
+        assert (fuse.in_channels, fuse.out_channels, fuse.kernel_size) == (2 * skip, skip, (3, 3, 3))
+        assert {c.kernel_size for c in _convs(stage.blocks)} == {(1, 1, 1), (3, 1, 3)}
+    assert model.head.kernel_size == (3, 1, 3) and model.head.bias is not None
+
+
+def test_lachinov_blocks_add_without_a_final_relu_and_handle_awkward_sizes() -> None:
+    torch.manual_seed(0)
+    block = BottleneckBlock(16, (1, 3, 3), "instance").eval()
+    x = -torch.rand(1, 16, 2, 4, 5) - 1.0  # all negative: a ReLU after the sum would clip it
+    with torch.no_grad():
+        y = block(x)
+    assert (y < 0).any()
+    torch.testing.assert_close(y - x, block.body(x))
+    model = _small("lachinov").eval()
+    assert model.min_depth == 8
+    with torch.no_grad():
+        for s, depth, w in ((13, 20, 37), (1, 8, 9), (7, 33, 24)):
+            assert model(torch.randn(2, 1, s, depth, w)).shape == (2, 1, s, w)
+    with pytest.raises(ValueError, match="depth >= 8"):
+        model(torch.randn(1, 1, 4, 7, 16))
+
+
+def test_lachinov_skips_and_decoder_stay_at_the_bottleneck_depth() -> None:
+    model = _small("lachinov").eval()
+    seen: list[tuple[int, ...]] = []
+    hooks = [stage.fuse.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape))
+             for stage in model.decoder]
+    with torch.no_grad():
+        model(torch.randn(1, 1, 5, 64, 48))
+    for hook in hooks:
+        hook.remove()
+    # depth 64 / 8 everywhere; A-scans 48 / 4, 48 / 2, 48
+    assert [(shape[3], shape[4]) for shape in seen] == [(8, 12), (8, 24), (8, 48)]
+
+
+def test_published_ipn_designs_have_no_normalisation_and_ipnv2_pools_first() -> None:
+    norms = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm)
+    for name in ("ipn", "ipnv2"):
+        model = create_model(name)
+        assert not any(isinstance(m, norms) for m in model.modules()), name
+        assert all(c.bias is not None for c in _convs(model)), name
+    for name in ("ipn-bn", "ipnv2-bn"):
+        assert any(isinstance(m, torch.nn.BatchNorm3d) for m in create_model(name).modules())
+    ipn, ipnv2 = _small("ipn").eval(), _small("ipnv2").eval()
+    assert not any(plm.pool_first for plm in ipn.plms)
+    assert all(plm.pool_first for plm in ipnv2.plms)
+    depths: list[int] = []
+    hook = ipnv2.plms[0].convs[0].register_forward_pre_hook(
+        lambda _m, args: depths.append(args[0].shape[3]))
+    with torch.no_grad():
+        ipnv2(torch.randn(1, 1, 16, 128, 16))
+    hook.remove()
+    assert depths == [128 // 8]  # the first module's convs see the pooled features
+    # the separate skip branch: a depth-long strided conv and its own 2D block before the U-Net
+    assert ipnv2.skip.kernel_size == ipnv2.skip.stride == (1, 128, 1)
+    assert ipnv2.skip_block[0].in_channels == 2 * ipnv2.channels[0]
+
+
+def test_published_ipnv2_upsamples_bilinearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    modes: list[str] = []
+    interpolate = F.interpolate
+
+    def spy(*args, **kwargs):
+        modes.append(kwargs.get("mode", "nearest"))
+        return interpolate(*args, **kwargs)
+
+    monkeypatch.setattr(F, "interpolate", spy)
+    with torch.no_grad():
+        _small("ipnv2", depth=64).eval()(torch.randn(1, 1, 16, 64, 16))
+        assert modes == ["bilinear"] * 4
+        modes.clear()
+        _small("lachinov").eval()(torch.randn(1, 1, 4, 16, 16))
+        assert modes == ["trilinear"] * 3
+
+
 def test_resensnet_final_kernels_span_the_remaining_depth() -> None:
     model = _small("resensnet", depth=96, depth_convs_offset=-1)
     kernels = [p.final_kernel for p in model.projections]
@@ -190,7 +316,7 @@ def test_reference_initialisation() -> None:
     assert torch.all(next(m for m in default.modules() if isinstance(m, torch.nn.BatchNorm3d)).weight == 1)
 
 
-@pytest.mark.parametrize("name", ["fpn", "lachinov", "ipnv2"])
+@pytest.mark.parametrize("name", ["fpn", "lachinov", "ipn", "ipnv2"])
 def test_pretrained_state_dict_loads_with_and_without_head(name: str) -> None:
     ssl = _small(name)
     state = {f"module.{k}": v for k, v in ssl.state_dict().items()}  # as saved from DDP
@@ -241,10 +367,14 @@ def test_optimised_fpn_equals_the_plain_yardstick() -> None:
     assert (head_fast - head_plain).norm() / head_plain.norm() < 1e-2
 
 
-def test_channels_last_is_numerically_the_same_network() -> None:
+@pytest.mark.parametrize("name", ["fpn", "lachinov", "ipn", "ipnv2"])
+def test_channels_last_is_numerically_the_same_network(name: str) -> None:
+    kwargs = {"width": 1 / 8} if name == "fpn" else dict(SMALL[name])
+    if name.startswith("ipn"):
+        kwargs["depth"] = 64
     torch.manual_seed(0)
-    a = create_model("fpn", width=1 / 8).eval()
-    b = create_model("fpn", width=1 / 8, channels_last=False).eval()
+    a = create_model(name, **kwargs).eval()
+    b = create_model(name, **kwargs, channels_last=False).eval()
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 1, 8, 64, 32)
     with torch.no_grad():

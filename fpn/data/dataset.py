@@ -113,7 +113,8 @@ class CropDataset(Dataset):
         target = target_from(self.cfg.target,
                              store.read(key, stored_name(self.cfg.target), region=(ws, ww)))
         if self.cfg.augment:
-            oct_crop, target = augment(oct_crop, target, rng, noise_std=self.cfg.noise_std)
+            oct_crop, target = augment(oct_crop, target, rng, noise_std=self.cfg.noise_std,
+                                       offset_std=self.cfg.offset_std)
         return torch.from_numpy(oct_crop)[None], torch.from_numpy(np.ascontiguousarray(target))[None]
 
 

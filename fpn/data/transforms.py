@@ -55,23 +55,31 @@ def augment(
     target: np.ndarray,
     rng: np.random.Generator,
     *,
+    offset_std: float = 0.0,
     contrast: tuple[float, float] = (0.9, 1.1),
     shift: tuple[float, float] = (-0.2, 0.2),
     noise_std: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The reference augmentations on a z-scored crop and its en-face target.
 
-    A 180-degree en-face rotation (both S and W reversed), independent flips along S and W,
-    contrast ``x U(contrast)``, intensity shift ``+ U(shift)``, and optionally real per-voxel
-    Gaussian noise. Geometric ones apply to the OCT and the target alike; intensity ones to the
-    OCT only.
+    In the reference's order: a 180-degree en-face rotation (both S and W reversed), independent
+    flips along S and W, then one additive offset ``+ N(0, offset_std)`` for the whole crop (a
+    single number, not per-voxel noise; the reference recipe uses 0.2, and 0 draws nothing, so
+    the other draws are those of a run without it), contrast ``x U(contrast)``, intensity shift
+    ``+ U(shift)``, so ``(crop + offset) * contrast + shift``; and optionally real per-voxel
+    Gaussian noise (not in the reference). Geometric ones apply to the OCT and the target alike;
+    intensity ones to the OCT only.
     """
+    if offset_std < 0:
+        raise ValueError(f"offset_std must be >= 0, got {offset_std}")
     if rng.random() < 0.5:  # 180-degree rotation in the en-face plane
         oct_crop, target = oct_crop[::-1, :, ::-1], target[::-1, ::-1]
     if rng.random() < 0.5:
         oct_crop, target = oct_crop[::-1], target[::-1]
     if rng.random() < 0.5:
         oct_crop, target = oct_crop[:, :, ::-1], target[:, ::-1]
+    if offset_std > 0:
+        oct_crop = oct_crop + np.float32(rng.normal(0.0, offset_std))
     oct_crop = oct_crop * np.float32(rng.uniform(*contrast)) + np.float32(rng.uniform(*shift))
     if noise_std > 0:
         oct_crop = oct_crop + rng.normal(0.0, noise_std, oct_crop.shape).astype(np.float32)
