@@ -242,3 +242,120 @@ def test_spot_runs_tolerate_several_reclaims():
     assert flags and sets
     assert all(v >= 3 or v == -1 for v in flags + sets), (flags, sets)
     assert "spot/instance-action" in doc  # the termination-notice design
+
+
+# -- the head's MLflow commands, run for real on 127.0.0.1 ----------------------------------------
+
+def _wait_http(url: str, timeout: float = 180) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            assert time.monotonic() < deadline, f"{url} did not answer in {timeout} s"
+            time.sleep(1)
+
+
+def _stop_group(pid_file: Path) -> None:
+    import os
+    import signal
+    import time
+
+    if not pid_file.is_file():
+        return
+    pgid = int(pid_file.read_text())
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(60):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.killpg(pgid, signal.SIGKILL)
+
+
+def _run_head(raw: dict, home: Path, bucket: Path, port: int) -> None:
+    """cluster.yaml's fpn.env, head setup and head start commands (all but Ray's own) in
+    ``home``, with the bucket a local folder and MLflow on 127.0.0.1:port."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOME": str(home), "RAY_HEAD_IP": "127.0.0.1",
+           "PYTHONPATH": os.pathsep.join(sys.path), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    fpn_env = raw["setup_commands"][0].replace("s3://my-fpn-bucket", bucket.as_uri())
+    fpn_env = fpn_env.replace("FPN_MLFLOW_PORT=5000", f"FPN_MLFLOW_PORT={port}")
+    head = [c for c in raw["head_start_ray_commands"] if "ray st" not in c]
+    setup = [c for c in raw["head_setup_commands"] if "pip install" not in c]  # installed here
+    for cmd in [fpn_env, *setup, *head]:
+        done = subprocess.run(["bash", "-c", cmd], env=env, cwd=home, capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert done.returncode == 0, f"{cmd}\n{done.stderr[-2000:]}"
+
+
+@pytest.mark.slow
+def test_head_mlflow_needs_a_login_and_outlives_the_head(raw, tmp_path, monkeypatch):
+    """Two heads in a row (a `ray down` between them) sharing one bucket: the server refuses
+    anonymous requests and lets a reader only read; the second head has the first one's
+    registry and users back."""
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs mlflow[auth]")
+    import secrets
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+    from mlflow.tracking import MlflowClient
+
+    bucket = tmp_path / "bucket"
+    password = secrets.token_urlsafe(16)
+    homes = [tmp_path / "head1", tmp_path / "head2"]
+    for home in homes:  # file_mounts put your ~/.fpn/mlflow-admin on each head
+        (home / ".fpn").mkdir(parents=True)
+        (home / ".fpn" / "mlflow-admin").write_text(password + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    try:
+        _run_head(raw, homes[0], bucket, port)
+        _wait_http(f"{uri}/health")
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(f"{uri}/api/2.0/mlflow/registered-models/search", timeout=30)
+        assert anonymous.value.code == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        MlflowClient(uri, registry_uri=uri).create_registered_model("ga-fpn", tags={"k": "v"})
+        AuthServiceClient(uri).create_user("reader", "reader-password-1")
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "reader-password-1")
+        reader = MlflowClient(uri, registry_uri=uri)
+        assert reader.get_registered_model("ga-fpn").tags["k"] == "v"
+        with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
+            reader.set_registered_model_tag("ga-fpn", "k", "moved")
+    finally:
+        _stop_group(homes[0] / "mlflow" / "backup.pid")  # SIGTERM: one last backup
+        _stop_group(homes[0] / "mlflow" / "server.pid")
+    assert (bucket / "mlflow-db" / "mlflow.db").is_file()
+    assert (bucket / "mlflow-db" / "basic_auth.db").is_file()
+    try:  # a new head: empty disk, the same bucket and admin password
+        _run_head(raw, homes[1], bucket, port)
+        _wait_http(f"{uri}/health")
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")  # the restored user store
+        assert MlflowClient(uri, registry_uri=uri).get_registered_model("ga-fpn").tags["k"] == "v"
+    finally:
+        _stop_group(homes[1] / "mlflow" / "backup.pid")
+        _stop_group(homes[1] / "mlflow" / "server.pid")
