@@ -3,6 +3,9 @@
 The pyfunc (``fpn/pyfunc_model.py``) takes one volume ``(S, D, W)`` or a batch ``(B, S, D, W)``;
 it is logged without an inferred signature (a tensor schema fixes one rank, and inferring it runs
 the model) and checks its input itself: rank, finite values, at most ``max_voxels`` voxels.
+The size limit bounds what the model computes and holds; ``mlflow models serve`` has parsed the
+request body by then, so a server open to untrusted clients also wants a body-size limit in the
+reverse proxy in front of it (e.g. nginx ``client_max_body_size``).
 """
 
 from __future__ import annotations
