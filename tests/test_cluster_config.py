@@ -4,7 +4,9 @@ Ray's autoscaler fills the config out with the provider's defaults and validates
 JSON schema and its own checks (``prepare_config`` + ``validate_config``, what ``ray up`` does
 before it talks to AWS); then the properties this project relies on: GPU spot workers with
 bounds, the driver resource on the on-demand head only, setup that installs this project, token
-authentication, and storage configured in one place.
+authentication, storage configured in one place, least-privilege instance profiles on every
+node, SSH from one CIDR (Ray's own security-group code run against moto's EC2), MLflow behind
+basic-auth with its stores backed up, and the head's MLflow commands run for real on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 import yaml
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+CLUSTER_DOC = CLUSTER_YAML.parent / "docs" / "cluster.md"
 DRIVER_RESOURCE = "fpn_driver"
 
 
@@ -107,8 +110,252 @@ def test_storage_is_configured_in_one_place(raw):
     setup = _commands(raw, "setup_commands")
     assert setup.count("s3://") == 1  # the bucket, once; everything else derives from it
     for derived in ("FPN_STORE=$FPN_BUCKET", "FPN_STORAGE=$FPN_BUCKET",
-                    "FPN_MLFLOW_ARTIFACTS=$FPN_BUCKET", "MLFLOW_TRACKING_URI=http://"):
+                    "FPN_MLFLOW_ARTIFACTS=$FPN_BUCKET", "FPN_MLFLOW_BACKUP=$FPN_BUCKET",
+                    "MLFLOW_TRACKING_URI=http://"):
         assert derived in setup, derived
     others = _commands(raw, "head_setup_commands", "worker_setup_commands",
                        "head_start_ray_commands", "worker_start_ray_commands")
     assert "s3://" not in others
+
+
+# -- security (issue 13) ------------------------------------------------------------------------
+
+def _profile_name(node_type: dict) -> str:
+    return node_type["node_config"]["IamInstanceProfile"]["Arn"].rsplit("/", 1)[-1]
+
+
+def test_every_node_has_its_own_least_privilege_profile(prepared, monkeypatch):
+    from ray.autoscaler._private.aws.config import DEFAULT_RAY_INSTANCE_PROFILE, _configure_iam_role
+
+    types = prepared["available_node_types"]
+    head = prepared["head_node_type"]
+    names = {n: _profile_name(t) for n, t in types.items()}  # KeyError: a node without one
+    assert names[head] not in (DEFAULT_RAY_INSTANCE_PROFILE, "ray-autoscaler-v1")
+    assert all(names[n] != names[head] for n in types if n != head)  # workers: not the head's
+    # Ray's bootstrap keeps a configured head profile and creates no role of its own: with AWS
+    # out of reach (a closed local port), any IAM call would fail here
+    for k, v in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+                 "AWS_SECRET_ACCESS_KEY": "x", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    config = _configure_iam_role(copy.deepcopy(prepared))
+    assert _profile_name(config["available_node_types"][head]) == names[head]
+    # the profiles' permissions are written down next to the cluster file
+    doc = CLUSTER_DOC.read_text()
+    for name in set(names.values()):
+        assert f"`{name}`" in doc, name
+    assert '"iam:PassedToService": "ec2.amazonaws.com"' in doc
+    assert '"ec2:InstanceMarketType": "spot"' in doc
+
+
+def _ssh_rules(raw: dict) -> list[dict]:
+    return raw["provider"]["security_group"]["IpPermissions"]
+
+
+def test_ssh_is_open_to_one_cidr_set_in_one_place(raw):
+    rules = _ssh_rules(raw)
+    assert rules and all(r["IpProtocol"] == "tcp" and r["FromPort"] == r["ToPort"] == 22
+                         for r in rules)
+    cidrs = [ip["CidrIp"] for r in rules for ip in r.get("IpRanges", [])]
+    assert len(cidrs) == 1 and cidrs[0] not in ("0.0.0.0/0",)
+    assert not any(r.get("Ipv6Ranges") for r in rules)
+    assert CLUSTER_YAML.read_text().count(cidrs[0]) == 1  # one place to edit
+
+
+def _step_zero_script() -> str:
+    """The security-group script of docs/cluster.md, step 0, as the reader runs it."""
+    doc = CLUSTER_DOC.read_text()
+    start = doc.index("python - <<'EOF'\n", doc.index("0. **Once per account")) + len("python - <<'EOF'\n")
+    body = doc[start:doc.index("   EOF", start)]
+    return "\n".join(line[3:] for line in body.splitlines())
+
+
+def _open_to_world(group: dict) -> bool:
+    return any(ip.get("CidrIp") == "0.0.0.0/0" for r in group["IpPermissions"]
+               for ip in r.get("IpRanges", []))
+
+
+@pytest.mark.parametrize("step_zero", [True, False], ids=["pre-created", "ray-default"])
+def test_ray_leaves_the_pre_created_group_closed(prepared, monkeypatch, step_zero):
+    """Ray's own security-group bootstrap against moto's EC2: with step 0 the nodes get the group
+    that admits SSH from the CIDR only; without it, Ray's group is open to the world."""
+    moto = pytest.importorskip("moto")
+    import boto3
+    from ray.autoscaler._private.aws.config import _configure_security_group, _configure_subnet
+    from ray.autoscaler._private.aws.utils import resource_cache
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.chdir(CLUSTER_YAML.parent)
+    resource_cache.cache_clear()
+    with moto.mock_aws():
+        if step_zero:
+            # the documented script itself, as a reader pastes it
+            exec(compile(_step_zero_script(), "docs/cluster.md step 0", "exec"), {})  # noqa: S102
+        config = _configure_security_group(_configure_subnet(copy.deepcopy(prepared)))
+        ids = {g for t in config["available_node_types"].values()
+               for g in t["node_config"]["SecurityGroupIds"]}
+        groups = boto3.client("ec2", region_name="us-east-1").describe_security_groups(
+            GroupIds=sorted(ids))["SecurityGroups"]
+    resource_cache.cache_clear()
+    if not step_zero:
+        assert any(_open_to_world(g) for g in groups)  # what step 0 prevents
+        return
+    assert len(groups) == 1 and groups[0]["GroupName"] == prepared["provider"]["security_group"][
+        "GroupName"]
+    group = groups[0]
+    assert not _open_to_world(group)
+    outside = [ip["CidrIp"] for r in group["IpPermissions"] for ip in r.get("IpRanges", [])]
+    assert outside == [ip["CidrIp"] for r in _ssh_rules(prepared) for ip in r["IpRanges"]]
+    assert any(p["GroupId"] == group["GroupId"] for r in group["IpPermissions"]
+               for p in r.get("UserIdGroupPairs", []))  # node to node
+
+
+def test_mlflow_is_behind_basic_auth_and_its_store_is_backed_up(prepared, raw):
+    head_start = prepared["head_start_ray_commands"]
+    server = next(i for i, c in enumerate(head_start) if "mlflow server" in c)
+    cmd = head_start[server]
+    assert "--app-name basic-auth" in cmd and "MLFLOW_AUTH_CONFIG_PATH=" in cmd
+    assert 'MLFLOW_AUTH_ADMIN_PASSWORD="$(cat ~/.fpn/mlflow-admin)"' in cmd
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY=" in cmd
+    ini = _commands(raw, "head_setup_commands")
+    assert "default_permission = READ" in ini and "basic_auth.db" in ini
+    assert prepared["file_mounts"].get("~/.fpn/mlflow-admin") == "~/.fpn/mlflow-admin"
+    restore = next(i for i, c in enumerate(head_start) if "mlflow_backup restore" in c)
+    backup = next(i for i, c in enumerate(head_start) if "mlflow_backup backup --every" in c)
+    assert restore < server  # the stores are back before the server opens them
+    for c in (head_start[restore], head_start[backup]):
+        assert "mlflow.db" in c and "basic_auth.db" in c and "$FPN_MLFLOW_BACKUP" in c
+    setup = _commands(raw, "setup_commands")
+    assert "MLFLOW_TRACKING_USERNAME=admin" in setup
+    assert "MLFLOW_TRACKING_PASSWORD=\"$(cat ~/.fpn/mlflow-admin)\"" in setup
+
+
+def test_spot_runs_tolerate_several_reclaims():
+    """The commands the docs give for spot runs allow more than one restart."""
+    import re as re_
+
+    doc = CLUSTER_DOC.read_text()
+    flags = [int(v) for v in re_.findall(r"--max-failures (-?\d+)", doc)]
+    sets = [int(v) for v in re_.findall(r"--set max_failures=(-?\d+)", doc)]
+    assert flags and sets
+    assert all(v >= 3 or v == -1 for v in flags + sets), (flags, sets)
+    assert "spot/instance-action" in doc  # the termination-notice design
+
+
+# -- the head's MLflow commands, run for real on 127.0.0.1 ----------------------------------------
+
+def _wait_http(url: str, timeout: float = 180) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            assert time.monotonic() < deadline, f"{url} did not answer in {timeout} s"
+            time.sleep(1)
+
+
+def _stop_group(pid_file: Path) -> None:
+    import os
+    import signal
+    import time
+
+    if not pid_file.is_file():
+        return
+    pgid = int(pid_file.read_text())
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(60):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.killpg(pgid, signal.SIGKILL)
+
+
+def _run_head(raw: dict, home: Path, bucket: Path, port: int) -> None:
+    """cluster.yaml's fpn.env, head setup and head start commands (all but Ray's own) in
+    ``home``, with the bucket a local folder and MLflow on 127.0.0.1:port."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOME": str(home), "RAY_HEAD_IP": "127.0.0.1",
+           "PYTHONPATH": os.pathsep.join(sys.path), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    fpn_env = raw["setup_commands"][0].replace("s3://my-fpn-bucket", bucket.as_uri())
+    fpn_env = fpn_env.replace("FPN_MLFLOW_PORT=5000", f"FPN_MLFLOW_PORT={port}")
+    head = [c for c in raw["head_start_ray_commands"] if "ray st" not in c]
+    setup = [c for c in raw["head_setup_commands"] if "pip install" not in c]  # installed here
+    for cmd in [fpn_env, *setup, *head]:
+        done = subprocess.run(["bash", "-c", cmd], env=env, cwd=home, capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert done.returncode == 0, f"{cmd}\n{done.stderr[-2000:]}"
+
+
+@pytest.mark.slow
+def test_head_mlflow_needs_a_login_and_outlives_the_head(raw, tmp_path, monkeypatch):
+    """Two heads in a row (a `ray down` between them) sharing one bucket: the server refuses
+    anonymous requests and lets a reader only read; the second head has the first one's
+    registry and users back."""
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs mlflow[auth]")
+    import secrets
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+    from mlflow.tracking import MlflowClient
+
+    bucket = tmp_path / "bucket"
+    password = secrets.token_urlsafe(16)
+    homes = [tmp_path / "head1", tmp_path / "head2"]
+    for home in homes:  # file_mounts put your ~/.fpn/mlflow-admin on each head
+        (home / ".fpn").mkdir(parents=True)
+        (home / ".fpn" / "mlflow-admin").write_text(password + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    try:
+        _run_head(raw, homes[0], bucket, port)
+        _wait_http(f"{uri}/health")
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(f"{uri}/api/2.0/mlflow/registered-models/search", timeout=30)
+        assert anonymous.value.code == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        MlflowClient(uri, registry_uri=uri).create_registered_model("ga-fpn", tags={"k": "v"})
+        AuthServiceClient(uri).create_user("reader", "reader-password-1")
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "reader-password-1")
+        reader = MlflowClient(uri, registry_uri=uri)
+        assert reader.get_registered_model("ga-fpn").tags["k"] == "v"
+        with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
+            reader.set_registered_model_tag("ga-fpn", "k", "moved")
+    finally:
+        _stop_group(homes[0] / "mlflow" / "backup.pid")  # SIGTERM: one last backup
+        _stop_group(homes[0] / "mlflow" / "server.pid")
+    assert (bucket / "mlflow-db" / "mlflow.db").is_file()
+    assert (bucket / "mlflow-db" / "basic_auth.db").is_file()
+    try:  # a new head: empty disk, the same bucket and admin password
+        _run_head(raw, homes[1], bucket, port)
+        _wait_http(f"{uri}/health")
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")  # the restored user store
+        assert MlflowClient(uri, registry_uri=uri).get_registered_model("ga-fpn").tags["k"] == "v"
+    finally:
+        _stop_group(homes[1] / "mlflow" / "backup.pid")
+        _stop_group(homes[1] / "mlflow" / "server.pid")
