@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep.readers import (
+from fpn.data.readers import (
     binarize_mask,
     mask_binary_problem,
     read_enface,
@@ -16,7 +16,7 @@ from data_prep.readers import (
     read_oct,
     resample_slo_to_oct_grid,
 )
-from data_prep.sources import DataError
+from fpn.data.readers import DataError
 from tests.fixtures_formats import (
     index_volume,
     line_positions,

@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
-from data_prep.readers._common import format_of, read_npy, require_file
-from data_prep.sources import DataError
+from fpn.data.readers._common import format_of, read_npy, require_file
+from fpn.data.readers._common import DataError
 
 __all__ = [
     "ENFACE_FORMATS",
