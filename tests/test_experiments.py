@@ -10,7 +10,7 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from fpn.experiments.stats import (
+from tune.experiments.stats import (
     build_cells,
     cells_csv,
     paired_wilcoxon,
@@ -88,9 +88,9 @@ def _attempt_lines(runs: Path) -> dict[str, int]:
 def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from fpn.experiments import run_paper_table
-    from fpn.experiments.__main__ import main
-    from fpn.experiments.paper_table import plan_paper_table
+    from tune.experiments import run_paper_table
+    from tune.experiments.__main__ import main
+    from tune.experiments.paper_table import plan_paper_table
 
     kwargs = {"out": tmp_path / "pt", "store": str(synthetic_store), "preset": "quick",
               "models": ["fpn"], "ssl": ["none", "inverted_faf"], "ratios": [1.0], "seeds": 1,
@@ -149,7 +149,7 @@ def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_
 
 
 def test_bad_grid_is_refused_before_anything_runs(tmp_path):
-    from fpn.experiments.__main__ import main
+    from tune.experiments.__main__ import main
 
     assert main(["paper-table", "--data", str(tmp_path / "nope.zarr"), "--models", "unet",
                  "--out", str(tmp_path / "o")]) == 2
@@ -157,7 +157,7 @@ def test_bad_grid_is_refused_before_anything_runs(tmp_path):
 
 
 def test_missing_store_is_refused_with_its_name(tmp_path, capsys):
-    from fpn.experiments.__main__ import main
+    from tune.experiments.__main__ import main
 
     missing = tmp_path / "nope.zarr"
     assert main(["paper-table", "--data", str(missing), "--out", str(tmp_path / "o")]) == 2
@@ -166,7 +166,7 @@ def test_missing_store_is_refused_with_its_name(tmp_path, capsys):
 
 
 def test_crops_per_second_needs_plan(tmp_path, capsys):
-    from fpn.experiments.__main__ import main
+    from tune.experiments.__main__ import main
 
     assert main(["paper-table", "--crops-per-second", "5", "--out", str(tmp_path / "o")]) == 2
     assert "--plan" in capsys.readouterr().err

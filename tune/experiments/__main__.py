@@ -1,4 +1,4 @@
-"""``python -m fpn.experiments paper-table [...]``: a thin parser over :func:`run_paper_table`."""
+"""``python -m tune.experiments paper-table [...]``: a thin parser over :func:`run_paper_table`."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _override(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fpn.experiments")
+    parser = argparse.ArgumentParser(prog="python -m tune.experiments")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("paper-table", help="train, evaluate and tabulate the poster's grid",
                        description="Every (network, pretraining, ratio, seed) on Ray with a fixed "
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fpn.data.store import StoreError
-    from fpn.experiments.paper_table import plan_paper_table, run_paper_table
+    from tune.experiments.paper_table import plan_paper_table, run_paper_table
 
     if args.crops_per_second is not None and not args.plan:
         print("paper-table: error: --crops-per-second needs --plan", file=sys.stderr)

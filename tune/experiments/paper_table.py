@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from fpn.config import SSL_TARGETS, TrainConfig, set_dotted
-from fpn.experiments.presets import PRESETS, Preset
-from fpn.experiments.stats import Cell, build_cells, cells_csv, table_markdown
+from tune.experiments.presets import PRESETS, Preset
+from tune.experiments.stats import Cell, build_cells, cells_csv, table_markdown
 
 __all__ = [
     "DRIVER_CPU",
@@ -534,7 +534,7 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
         out: folder for the runs, evaluations, tables, plot (and the store and MLflow database
             when not given).
         store: the fpn store; None makes the synthetic store of ``python -m fpn demo`` in OUT.
-        preset: ``quick`` or ``paper`` (:mod:`fpn.experiments.presets`).
+        preset: ``quick`` or ``paper`` (:mod:`tune.experiments.presets`).
         models, ssl, ratios, seeds: the grid; None takes the preset's default.
         workers_per_run: Ray Train workers of each run.
         gpus_per_worker: GPUs of each Train worker (0 on CPU).
