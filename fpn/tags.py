@@ -7,7 +7,6 @@ uses these names, so that a search filter and the writer it depends on cannot dr
 
 from __future__ import annotations
 
-
 # -- a training run (fpn.training.driver) ---------------------------------------------------
 RUN_NAME = "fpn.run_name"  #: the run's stable name (found again on a re-run)
 TASK = "fpn.task"
@@ -70,4 +69,3 @@ VERSION_TAGS = ("ratio", "ssl", "val_dice", "test_dice", "test_dice_std", "store
                 "test_split", "test_keys_sha", "study", "trial", "git_revision", "mlflow_run_id",
                 "pretrained")
 
-__all__ = sorted([k for k in list(globals()) if k.isupper()] + ["split_store_fingerprint"])

@@ -28,7 +28,7 @@ from fpn.config import TrainConfig, read_yaml_mapping, set_dotted
 from fpn.recipes import recipe_overrides
 from tune.spaces import DEFAULT_SPACE_FILE, SearchSpace, load_space
 
-__all__ = ["DEMO_SHAPE", "DEMO_RECIPE", "SearchConfig", "load_search_config"]
+__all__ = ["DEMO_RECIPE", "DEMO_SHAPE", "SearchConfig", "load_search_config"]
 
 SSL = Literal["inverted_faf", "faf", "slo", "none"]
 

@@ -27,9 +27,9 @@ __all__ = [
     "Cell",
     "build_cells",
     "cells_csv",
+    "paired_wilcoxon",
     "plain_cell",
     "plot_cells",
-    "paired_wilcoxon",
     "stars_for",
     "table_markdown",
 ]
