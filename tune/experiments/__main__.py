@@ -1,4 +1,6 @@
-"""``python -m tune.experiments paper-table [...]``: a thin parser over :func:`run_paper_table`."""
+"""``python -m tune.experiments paper-table [...]``: a thin parser over :func:`run_paper_table`.
+
+Options follow :mod:`tune.cli` (the same spelling as the search and ``python -m fpn``)."""
 
 from __future__ import annotations
 
@@ -6,34 +8,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 __all__ = ["build_parser", "main"]
 
 
-def _csv_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _ratios(text: str) -> list[float]:
-    try:
-        return [float(t) for t in _csv_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ratios must be numbers, got {text!r}") from None
-
-
-def _override(text: str) -> tuple[str, Any]:
-    import yaml
-
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from tune.cli import add_list, add_ratios, add_set, add_workers
+
     parser = argparse.ArgumentParser(prog="python -m tune.experiments")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("paper-table", help="train, evaluate and tabulate the poster's grid",
@@ -43,21 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "(quick: lachinov,fpn / none,inverted_faf / 0.1,1.0 / 1 seed; paper: all "
                        "five networks / none,slo,inverted_faf / 0.05,0.1,0.2,1.0 / 3 seeds).")
     p.add_argument("--data", help="fpn store (default: make the demo's synthetic store in OUT)")
-    p.add_argument("--models", type=_csv_list, help="comma-separated networks")
-    p.add_argument("--ssl", type=_csv_list, help="comma-separated: none, inverted_faf, faf, slo")
-    p.add_argument("--ratios", type=_ratios, help="comma-separated labelled-data ratios")
+    add_list(p, "--models", "networks, e.g. fpn lachinov or fpn,lachinov")
+    add_list(p, "--ssl", "pretrainings: none, inverted_faf, faf, slo (space- or comma-separated)")
+    add_ratios(p, "the preset's")
     p.add_argument("--seeds", type=int, help="seeds per (network, pretraining, ratio)")
     p.add_argument("--preset", choices=["quick", "paper"], default="quick")
-    p.add_argument("--out", default="paper_table", help="folder for everything (default %(default)s)")
-    p.add_argument("--workers-per-run", type=int, default=1, help="Ray Train workers per run")
+    p.add_argument("--out", "--workdir", dest="out", default="paper_table",
+                   help="folder for everything (default %(default)s)")
+    add_workers(p, "--workers-per-run", default=1)
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--max-concurrent", type=int, help="at most this many runs at once")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (when none is running)")
     p.add_argument("--mlflow", help="tracking URI (default sqlite:///OUT/mlflow.db)")
     p.add_argument("--experiment", default="fpn-paper-table", help="MLflow experiment")
-    p.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
-                   metavar="KEY=VALUE", help="dotted TrainConfig override on top of the preset, "
-                   "e.g. --set epochs=2 --set model.kwargs.width=0.25")
+    add_set(p)
     p.add_argument("--plan", action="store_true", help="print the runs and the training crops "
                    "they need (and, with --crops-per-second, the time), train nothing")
     p.add_argument("--crops-per-second", type=float, help="with --plan: training crops/s of one "
@@ -67,35 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from fpn.data.store import StoreError
-    from tune.experiments.paper_table import plan_paper_table, run_paper_table
+    from tune.cli import parse_sets, run_command
 
+    args = build_parser().parse_args(argv)
     if args.crops_per_second is not None and not args.plan:
         print("paper-table: error: --crops-per-second needs --plan", file=sys.stderr)
         return 2
-    try:
+
+    def body() -> int:
+        from tune.experiments.paper_table import plan_paper_table, run_paper_table
+
+        grid = {"out": args.out, "store": args.data, "preset": args.preset,
+                "models": args.models, "ssl": args.ssl, "ratios": args.ratios,
+                "seeds": args.seeds, "workers_per_run": args.workers,
+                "overrides": parse_sets(args.set), "max_concurrent": args.max_concurrent}
         if args.plan:
-            plan_paper_table(
-                out=args.out, store=args.data, preset=args.preset, models=args.models,
-                ssl=args.ssl, ratios=args.ratios, seeds=args.seeds,
-                workers_per_run=args.workers_per_run, overrides=dict(args.overrides),
-                max_concurrent=args.max_concurrent, crops_per_second=args.crops_per_second)
+            plan_paper_table(**grid, crops_per_second=args.crops_per_second)
             return 0
-        result = run_paper_table(
-            out=args.out, store=args.data, preset=args.preset, models=args.models, ssl=args.ssl,
-            ratios=args.ratios, seeds=args.seeds, workers_per_run=args.workers_per_run,
-            gpus_per_worker=args.gpus_per_worker, mlflow=args.mlflow,
-            experiment=args.experiment, overrides=dict(args.overrides),
-            max_concurrent=args.max_concurrent, num_cpus=args.num_cpus)
-    except (ValueError, StoreError) as exc:
-        print(f"paper-table: error: {exc}", file=sys.stderr)
-        return 2
-    if result.failed:
-        print(f"paper-table: {len(result.failed)} run(s) failed: {', '.join(result.failed)}",
-              file=sys.stderr)
-        return 1
-    return 0
+        result = run_paper_table(**grid, gpus_per_worker=args.gpus_per_worker,
+                                 mlflow=args.mlflow, experiment=args.experiment,
+                                 num_cpus=args.num_cpus)
+        if result.failed:
+            print(f"paper-table: {len(result.failed)} run(s) failed: "
+                  f"{', '.join(result.failed)}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_command("paper-table", body)
 
 
 if __name__ == "__main__":
