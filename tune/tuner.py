@@ -14,7 +14,7 @@ from tune.config import SearchConfig
 from tune.core import ResourcePlan, driver_resources
 from tune.spaces import SearchSpace
 
-__all__ = ["METRIC", "optuna_study", "run_tuner", "tidy_study"]
+__all__ = ["METRIC", "optuna_study", "run_tuner", "scheduler_for", "tidy_study"]
 
 #: what a trial reports and the search maximises: the best validation Dice of the run
 METRIC = "val_score"
@@ -76,7 +76,7 @@ def tidy_study(study: Any) -> None:
         study.set_user_attr(f"orphan_{t.number}", "asked by an interrupted search, never run")
 
 
-def _scheduler(cfg: SearchConfig, study_name: str) -> Any:
+def scheduler_for(cfg: SearchConfig, study_name: str) -> Any:
     """ASHA on validation Dice, never deciding at the last epoch (a trial that reached it runs
     to its end: checkpoints ranked, ensemble logged); FIFO when there is a single epoch."""
     from ray.tune.schedulers import FIFOScheduler
@@ -119,7 +119,7 @@ def run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: d
         searcher = ResumableOptunaSearch(space=space, metric=METRIC, mode="max",
                                          storage=optuna.storages.RDBStorage(cfg.study_url()),
                                          study_name=study_name, seed=cfg.seed)
-        scheduler = _scheduler(cfg, study_name)
+        scheduler = scheduler_for(cfg, study_name)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
