@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("predict needs exactly one of --data STORE or --input FILE")
             return _cmd_predict(args)
     except ValidationError as exc:  # a bad option value: the first problem, on one line
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        print(f"error: {where}: {first['msg']}", file=sys.stderr)
+        from fpn.config import validation_problem
+
+        print(f"error: {validation_problem(exc)}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, StoreError, DataError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from fpn.config import TrainConfig, read_yaml_mapping, set_dotted
+from fpn.config import TrainConfig, read_yaml_mapping, set_dotted, validation_problem
 from fpn.recipes import recipe_overrides
 from tune.spaces import DEFAULT_SPACE_FILE, SearchSpace, load_space
 
@@ -161,12 +161,8 @@ class SearchConfig(BaseModel):
         try:
             TrainConfig.model_validate(tree)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            what = ("is not a TrainConfig key" if first["type"] == "extra_forbidden"
-                    else str(first["msg"]))
-            raise ValueError(f"train settings (recipe {self.recipe_name()!r}, then "
-                             f"--set/train): {loc!r} {what}") from None
+            raise ValueError(f"train settings (recipe {self.recipe_name()!r}, then --set/train): "
+                             f"{validation_problem(exc)}") from None
         space_file = Path(self.space) if self.space else DEFAULT_SPACE_FILE
         space = load_space(space_file)
         space.check_against(tree, where=str(space_file))

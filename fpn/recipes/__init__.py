@@ -61,7 +61,7 @@ def recipe_overrides(name: str) -> dict[str, Any]:
 def _check(tree: dict[str, Any], name: str) -> None:
     from pydantic import ValidationError
 
-    from fpn.config import TrainConfig
+    from fpn.config import TrainConfig, validation_problem
 
     candidate = {**tree, "data": {**tree.get("data", {}), "store": "recipe-check"}}
     if "task" in tree:
@@ -69,4 +69,4 @@ def _check(tree: dict[str, Any], name: str) -> None:
     try:
         TrainConfig.model_validate(candidate)
     except ValidationError as exc:
-        raise ValueError(f"recipe {name}: {exc}") from exc
+        raise ValueError(f"recipe {name}: {validation_problem(exc)}") from None

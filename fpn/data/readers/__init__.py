@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fpn.data.readers._common import format_of, require_file
+from fpn.data.readers._common import DataError, format_of, require_file
 from fpn.data.readers.enface import (
     ENFACE_FORMATS,
     binarize_mask,
@@ -33,13 +33,12 @@ from fpn.data.readers.volumes import (
     read_npy_volume,
     read_tiff_volume,
 )
-from fpn.data.readers._common import DataError
 
 __all__ = [
-    "DataError",
     "ENFACE_FORMATS",
     "OCT_FORMATS",
     "SPACING_FORMATS",
+    "DataError",
     "binarize_mask",
     "format_of",
     "mask_binary_problem",
