@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fpn.data.readers import (
+    DataError,
     binarize_mask,
     mask_binary_problem,
     read_enface,
@@ -16,7 +17,6 @@ from fpn.data.readers import (
     read_oct,
     resample_slo_to_oct_grid,
 )
-from fpn.data.readers import DataError
 from tests.fixtures_formats import (
     index_volume,
     line_positions,
@@ -31,6 +31,8 @@ from tests.fixtures_formats import (
 S, D, W = 3, 5, 7
 SPACING = (0.12, 0.0039, 0.011)
 
+
+pytestmark = pytest.mark.unit
 
 @pytest.fixture()
 def volume() -> np.ndarray:
