@@ -42,7 +42,6 @@ if __package__ in (None, ""):  # run as `python tune/search.py`: import the `tun
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from fpn import tags as T
-from fpn.inference import join_location
 from tune.config import DEMO_SHAPE, SearchConfig, load_search_config
 from tune.core import (
     Evaluation,
@@ -240,15 +239,13 @@ def _log_study(cfg: SearchConfig, study: Any, parent_id: str) -> None:
 
 
 def _registration(cfg: SearchConfig, ratio: float, study_name: str, run: Any,
-                  store: Any) -> Registration:
+                  record: RunRecord, store: Any) -> Registration:
+    """How the best trial is registered: as a version of ``<task>-<model>`` with its model card."""
     from tune.report import model_card
 
     def card(tags: dict[str, str], evaluation: Evaluation) -> str:
-        record = finished_run(join_location(cfg.storage_path(), "trials"),
-                              run.data.tags.get(T.RUN_NAME, run.info.run_name))
         return model_card(name=cfg.registered_name(), store=store, tags=tags,
-                          config=record.config if record else {},
-                          train_patients=record.train_patients if record else [],
+                          config=record.config, train_patients=record.train_patients,
                           test=evaluation.summary, study_url=cfg.study_url())
 
     return Registration(cfg.registered_name(), card=card, tags={
@@ -319,7 +316,8 @@ def search_ratio(cfg: SearchConfig, ratio: float, space: SearchSpace, base: dict
          "on the test split")
     evaluation = evaluate_run(record, store, tracking_uri=cfg.tracking_uri(),
                               out_dir=cfg.work_path() / "results" / study_name,
-                              registration=_registration(cfg, ratio, study_name, best_run, store),
+                              registration=_registration(cfg, ratio, study_name, best_run, record,
+                                                         store),
                               log=_log)
     result.test = _log_best(cfg, parent_id, best_run, record, evaluation)
     result.best_trial, result.best_run_id, result.best_val = (
