@@ -2,7 +2,7 @@
 
 :func:`run_paper_table` trains every (network, pretraining, ratio, seed) of the poster's table on
 Ray with a fixed recipe (:mod:`tune.experiments.presets`), evaluates each k-best ensemble on the
-test split and writes the table with paired Wilcoxon stars (:mod:`tune.experiments.stats`).
+test split and writes the table with paired Wilcoxon stars (:mod:`tune.results`, shared with the search).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Plan: one pretraining per (network, SSL target), then one fine-tuning per (network, pretraining
 or none, ratio, seed), each a :func:`fpn.training.driver.run_training` call with the preset's
 fixed recipe. Each call runs in its own Ray task (a driver holding
-:func:`tune.core.driver_resources`), its Train workers in their own placement group; as many run at once as the cluster's CPUs (or GPUs) allow,
-and a fine-tuning from a pretraining starts once that pretraining has finished. Each fine-tuned
-k-best ensemble is then evaluated on the test split, in the same task.
+:func:`tune.core.driver_resources`), its Train workers in their own placement group; as many run
+at once as :func:`tune.core.plan_resources` fits on the cluster's CPUs (or GPUs), and a
+fine-tuning from a pretraining starts once that pretraining has finished. Each fine-tuned k-best
+ensemble is then evaluated on the test split, in the same task (:func:`tune.core.evaluate_run`).
 
 Run names are deterministic (``pt-<preset>-<store fingerprint>-<model>-<ssl>-r<ratio>-s<seed>``;
 ``...-pretrain-<model>-<target>``), so running the command again trains only what is missing
