@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.sources import DataError, Problem, VisitArrays, VisitSource
 from fpn.data.readers import (
     SPACING_FORMATS,
     binarize_mask,
@@ -23,7 +24,6 @@ from fpn.data.readers import (
     resample_slo_to_oct_grid,
 )
 from fpn.data.readers._common import read_npy
-from data_prep.sources import DataError, Problem, VisitArrays, VisitSource
 
 __all__ = ["check_visit", "inspect_visit", "load_visit"]
 
