@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_prep.readers.visit import check_visit, load_visit
 from data_prep.sources import Problem, VisitSource
+from data_prep.visit_files import check_visit, load_visit
 
 __all__ = ["LAYOUTS", "SPLIT_PARTS", "check_visit", "discover", "load_visit", "split_origin"]
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fpn.data.readers._common import DataError
+
 __all__ = ["DataError", "Problem", "VisitArrays", "VisitSource", "visit_key"]
 
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -96,11 +98,3 @@ class Problem:
         where = f"{self.path}" + (f" (visit {self.visit})" if self.visit else "")
         return f"{where}: {self.message}"
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and the cause."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(f"{path}: {message}")
-        self.path = str(path)
-        self.reason = message

@@ -1,7 +1,9 @@
 """``python -m fpn {pretrain, finetune, evaluate, predict, registry}``: thin parsers over typed functions.
 
 Training options map onto :class:`fpn.config.TrainConfig`; ``--config FILE`` gives the same
-options as YAML, and flags given on the command line override it.
+options as YAML, and flags given on the command line override it. Bad input exits 2 with one
+line naming the problem (as every command of the project does); the demo, which makes data and
+so is orchestration, is ``python -m tune.demo``.
 """
 
 from __future__ import annotations
@@ -99,12 +101,12 @@ def config_from_args(args: argparse.Namespace, task: str) -> Any:
     for item in args.model_arg:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--model-arg expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
         o[f"model.kwargs.{key}"] = _parse_value(value)
     if args.config:
         return load_config(args.config, o)
     if "data.store" not in o:
-        raise SystemExit("--data STORE is required (or give it in --config)")
+        raise ValueError("--data STORE is required (or give it in --config)")
     tree: dict[str, Any] = {}
     for dotted, value in o.items():
         set_dotted(tree, dotted, value)
@@ -169,8 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--input", help="one OCT file (any format data_prep reads)")
             p.add_argument("--out", required=True)
-    sub.add_parser("demo", help="the whole slice on synthetic data (python -m fpn demo -h)",
-                   add_help=False)
+    sub.add_parser("demo", help="moved: python -m tune.demo", add_help=False)
     # everything after "registry" goes to fpn.registry's own parser (list, promote, rollback)
     p = sub.add_parser("registry", help="list, promote (gated) and roll back registered models",
                        add_help=False)
@@ -185,11 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         from fpn.registry import registry_main
 
         return registry_main(argv[1:])
-    if argv[:1] == ["demo"]:
-        from fpn.demo import demo_main
-
-        return demo_main(argv[1:])
+    if argv[:1] == ["demo"]:  # the library does not make data: the demo is orchestration
+        print("error: the demo moved: python -m tune.demo " + " ".join(argv[1:]), file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
+    from fpn.data.readers import DataError
+    from fpn.data.store import StoreError
+
     try:
         if args.command in ("pretrain", "finetune"):
             return _cmd_train(args, args.command)
@@ -201,9 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             if bool(args.data) == bool(args.input):
                 raise ValueError("predict needs exactly one of --data STORE or --input FILE")
             return _cmd_predict(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except ValidationError as exc:  # a bad option value: the first problem, on one line
+        from fpn.config import validation_problem
+
+        print(f"error: {validation_problem(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, StoreError, DataError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     return 2
 
 

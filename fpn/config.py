@@ -224,3 +224,15 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     for p in parents:
         node = node.setdefault(p, {})
     node[leaf] = value
+
+
+def validation_problem(exc: Any) -> str:
+    """The first problem of a pydantic ``ValidationError`` on one line, naming the dotted key:
+    ``'optim.lrr' is not a TrainConfig key`` or ``'optim.lr': Input should be greater than 0``."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{loc!r} is not a TrainConfig key"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    more = len(exc.errors()) - 1
+    return (f"{loc!r}: {msg}" if loc else msg) + (f" (and {more} more)" if more else "")

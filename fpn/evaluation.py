@@ -155,7 +155,7 @@ def predict(model_ref: str, *, out: str, store: str | None = None, split: str = 
 
     def items():
         if input_file is not None:
-            from data_prep.readers import read_oct
+            from fpn.data.readers import read_oct
 
             vol, spacing, _ = read_oct(input_file)
             if spacing is None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a local Ray instance and a tiny synthetic store on disk."""
+"""Shared fixtures: a local Ray instance, a tiny synthetic store on disk and an S3 endpoint
+(moto's server on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 import pytest
 
 SYNTHETIC_SHAPE = (8, 64, 32)  # (S, D, W): tiny, so the whole suite stays fast
+#: the bucket of :func:`s3_endpoint`
+S3_BUCKET = "fpn-test"
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +46,29 @@ def synthetic_store(synthetic_source, tmp_path_factory, ray_local) -> Path:
     stats = convert(str(synthetic_source), str(out), progress=False)
     assert stats.ok, stats.summary_line()
     return out
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 with one bucket (:data:`S3_BUCKET`); the process
+    environment points boto3, s3fs and pyarrow at it (and nowhere else) for the module."""
+    pytest.importorskip("s3fs", reason="s3fs is in the 'cloud' extra")
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the 'dev' extra")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",  # never ask an instance-metadata service
+        "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+        yield endpoint
+    server.stop()

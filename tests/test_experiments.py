@@ -10,7 +10,9 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from fpn.experiments.stats import (
+import pytest
+
+from tune.results import (
     build_cells,
     cells_csv,
     paired_wilcoxon,
@@ -27,11 +29,13 @@ def _values(offsets: list[float], base: float = 0.8) -> dict[str, float]:
 
 # -- statistics ------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_stars_thresholds():
     assert [stars_for(p) for p in (0.0005, 0.005, 0.03, 0.2, None, float("nan"))] == \
         ["***", "**", "*", "", "", ""]
 
 
+@pytest.mark.unit
 def test_clearly_worse_row_gets_three_stars_and_best_row_none():
     jitter = [0.001 * i for i in range(12)]
     good = _values(jitter)
@@ -47,6 +51,7 @@ def test_clearly_worse_row_gets_three_stars_and_best_row_none():
     assert md.splitlines()[0] == "| Method | 0.1 |"
 
 
+@pytest.mark.unit
 def test_lower_is_better_and_ties_and_degenerate_tests():
     same = _values([0.0] * 12)
     # all paired differences zero: no test, no star
@@ -64,6 +69,7 @@ def test_lower_is_better_and_ties_and_degenerate_tests():
     assert a.best and a.mean == 2.0 and a.visits == 1 and b.mean == 5.5
 
 
+@pytest.mark.unit
 def test_empty_cells_and_column_order():
     cells = build_cells({"A": {1.0: {"a": 0.9}, 0.1: {"a": 0.5}}, "B": {1.0: {"a": 0.8}}})
     assert [(c.row, c.ratio) for c in cells] == [("A", 0.1), ("A", 1.0), ("B", 1.0)]
@@ -85,12 +91,13 @@ def _attempt_lines(runs: Path) -> dict[str, int]:
             for d in sorted(runs.iterdir()) if (d / "attempts.jsonl").is_file()}
 
 
+@pytest.mark.integration
 def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from fpn.experiments import run_paper_table
-    from fpn.experiments.__main__ import main
-    from fpn.experiments.paper_table import plan_paper_table
+    from tune.experiments import run_paper_table
+    from tune.experiments.__main__ import main
+    from tune.experiments.paper_table import plan_paper_table
 
     kwargs = {"out": tmp_path / "pt", "store": str(synthetic_store), "preset": "quick",
               "models": ["fpn"], "ssl": ["none", "inverted_faf"], "ratios": [1.0], "seeds": 1,
@@ -134,7 +141,8 @@ def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_
 
     attempts = _attempt_lines(out / "runs")
     assert len(attempts) == 3 and set(attempts.values()) == {1}
-    evaluated = {p.name: p.stat().st_mtime_ns for p in (out / "evaluations").iterdir()}
+    evaluated = {p.parent.name: p.stat().st_mtime_ns
+                 for p in (out / "evaluations").glob("*/evaluation.json")}
 
     replanned = plan_paper_table(**kwargs)
     assert "3 runs (3 finished); still to train: 0 runs, 0 training crops" in replanned
@@ -143,21 +151,25 @@ def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_
     assert again.trained == [] and not again.failed
     assert again.parent_run_id == first.parent_run_id
     assert _attempt_lines(out / "runs") == attempts  # nothing trained again
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "evaluations").iterdir()} == evaluated
+    assert {p.parent.name: p.stat().st_mtime_ns
+            for p in (out / "evaluations").glob("*/evaluation.json")} == evaluated
     assert again.markdown == first.markdown
-    assert json.loads((out / "evaluations" / next(iter(evaluated))).read_text())["records"]
+    cached = out / "evaluations" / next(iter(evaluated)) / "evaluation.json"
+    assert json.loads(cached.read_text())["records"]
 
 
+@pytest.mark.unit
 def test_bad_grid_is_refused_before_anything_runs(tmp_path):
-    from fpn.experiments.__main__ import main
+    from tune.experiments.__main__ import main
 
     assert main(["paper-table", "--data", str(tmp_path / "nope.zarr"), "--models", "unet",
                  "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.unit
 def test_missing_store_is_refused_with_its_name(tmp_path, capsys):
-    from fpn.experiments.__main__ import main
+    from tune.experiments.__main__ import main
 
     missing = tmp_path / "nope.zarr"
     assert main(["paper-table", "--data", str(missing), "--out", str(tmp_path / "o")]) == 2
@@ -165,8 +177,9 @@ def test_missing_store_is_refused_with_its_name(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.unit
 def test_crops_per_second_needs_plan(tmp_path, capsys):
-    from fpn.experiments.__main__ import main
+    from tune.experiments.__main__ import main
 
     assert main(["paper-table", "--crops-per-second", "5", "--out", str(tmp_path / "o")]) == 2
     assert "--plan" in capsys.readouterr().err

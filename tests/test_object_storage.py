@@ -19,33 +19,9 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 pytest.importorskip("s3fs", reason="s3fs is in the 'cloud' extra")
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the 'dev' extra")
+pytest.importorskip("moto.server", reason="moto[server] is in the 'dev' extra")
 
-BUCKET = "fpn-test"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A moto S3 server on 127.0.0.1 with one bucket; the process environment points boto3, s3fs
-    and pyarrow at it (and nowhere else) for the module."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    env = {
-        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",  # never ask an instance-metadata service
-        "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield endpoint
-    server.stop()
+from tests.conftest import S3_BUCKET as BUCKET
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep.readers import (
+from fpn.data.readers import (
+    DataError,
     binarize_mask,
     mask_binary_problem,
     read_enface,
@@ -16,7 +17,6 @@ from data_prep.readers import (
     read_oct,
     resample_slo_to_oct_grid,
 )
-from data_prep.sources import DataError
 from tests.fixtures_formats import (
     index_volume,
     line_positions,
@@ -31,6 +31,8 @@ from tests.fixtures_formats import (
 S, D, W = 3, 5, 7
 SPACING = (0.12, 0.0039, 0.011)
 
+
+pytestmark = pytest.mark.unit
 
 @pytest.fixture()
 def volume() -> np.ndarray:

@@ -1,5 +1,7 @@
 """End to end on CPU: `python -m tune.search` on the tiny store, killed after its first finished
-trial and run again; then the studies, MLflow runs, registered versions and the table."""
+trial and run again; then the studies, MLflow runs, registered versions and the table. Two epochs
+per trial, so that ASHA (not FIFO) schedules the trials and may stop some after epoch 1. Then one
+search whose store, Ray storage and MLflow artifacts are all on an S3 endpoint on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -18,16 +20,22 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 RATIOS = ("0.5", "1.0")
 TRIALS = 3
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow  # ~4 min on 2 cores: two searches (one killed), 6 trials
+# ~5 min on 2 cores: two searches (one killed), 6 trials; then the S3 search, 2 trials
+E2E = (pytest.mark.slow, pytest.mark.integration)
 
 
-def _args(store: Path, work: Path) -> list[str]:
+def _e2e(test):
+    for mark in E2E:
+        test = mark(test)
+    return test
+
+
+def _args(store: Path | str, work: Path, *, ratios: tuple[str, ...] = RATIOS,
+          trials: int = TRIALS) -> list[str]:
+    # the tiny recipe (fpn/recipes/tiny.yaml): 8 x 32 crops, one per visit, batch 4, 1 best
     return [sys.executable, "-m", "tune.search", "--data", str(store), "--workdir", str(work),
-            "--ssl", "none", "--ratios", *RATIOS, "--trials", str(TRIALS), "--epochs", "1",
-            "--num-cpus", "2", "--seed", "0",
-            "--set", "data.crop=[8,32]", "--set", "data.multiplier=1",
-            "--set", "data.loader_workers=0", "--set", "batch_size=4", "--set", "keep_best=1",
-            "--set", "overlay_every=0"]
+            "--ssl", "none", "--ratios", *ratios, "--trials", str(trials), "--epochs", "2",
+            "--num-cpus", "2", "--seed", "0", "--recipe", "tiny"]
 
 
 def _complete_trials(db: Path) -> dict[str, int]:
@@ -91,6 +99,7 @@ def searched(tiny_store, tmp_path_factory):
     return work, before, again.stdout
 
 
+@_e2e
 def test_studies_hold_each_trial_once(searched):
     work, before, _ = searched
     after = _complete_trials(work / "optuna.db")
@@ -100,6 +109,7 @@ def test_studies_hold_each_trial_once(searched):
         assert after[study] >= n
 
 
+@_e2e
 def test_mlflow_parent_and_child_runs_without_duplicates(searched):
     from mlflow.tracking import MlflowClient
 
@@ -120,6 +130,7 @@ def test_mlflow_parent_and_child_runs_without_duplicates(searched):
         assert p.data.tags["fpn.best_trial"] in {c.data.tags["fpn.trial_id"] for c in children}
 
 
+@_e2e
 def test_registered_versions_and_tags(searched):
     from mlflow.tracking import MlflowClient
 
@@ -136,6 +147,7 @@ def test_registered_versions_and_tags(searched):
     assert client.get_registered_model("ga-fpn").aliases.get("champion") is not None
 
 
+@_e2e
 def test_results_table(searched):
     work, _, out = searched
     table = (work / "results" / "table.md").read_text()
@@ -145,6 +157,7 @@ def test_results_table(searched):
     assert "optuna-dashboard sqlite:///" in out and "mlflow ui --backend-store-uri" in out
 
 
+@pytest.mark.unit
 def test_search_efficiency_counts_trial_epochs_in_time_order(tmp_path, capsys):
     """The benchmark's measure on hand-made reports: every epoch of every trial counts, in the
     order they were reported, until one reaches the target."""
@@ -176,3 +189,46 @@ def test_search_efficiency_counts_trial_epochs_in_time_order(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| fifo_random | 2 | 4 | 0.9000 | 4 | 4 |" in table
     assert "| asha_tpe | 2 | 3 | 0.9500 | 3 | 2 |" in table
+
+
+@_e2e
+def test_search_on_s3_registers_a_version(s3_endpoint, synthetic_source, tmp_path):
+    """``--data s3://``, ``--storage s3://`` and MLflow artifacts in the bucket: the trials'
+    records are read from the bucket (they were looked for on local disk only before, and every
+    ratio failed with "no trial finished with a checkpoint"), the best is evaluated and
+    registered. DataLoader workers: 0 (the tiny recipe), see fpn/recipes/tiny.yaml."""
+    import s3fs
+    from mlflow.tracking import MlflowClient
+
+    from data_prep.convert import convert
+    from tests.conftest import S3_BUCKET
+
+    store = f"s3://{S3_BUCKET}/search/store.zarr"
+    options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
+    stats = convert(str(synthetic_source), store, progress=False, storage_options=options,
+                    num_cpus=1)
+    assert stats.ok, stats.summary_line()
+    work = tmp_path / "work"
+    work.mkdir()
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    # the experiment's artifacts in the bucket, as `mlflow server --artifacts-destination s3://`
+    MlflowClient(uri).create_experiment("fpn-search", artifact_location=f"s3://{S3_BUCKET}/mlflow")
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
+    storage = f"s3://{S3_BUCKET}/search/ray"
+    # one trial of one epoch: this test is about where things live, ASHA is tested above
+    run = subprocess.run([*_args(store, work, ratios=("1.0",), trials=1), "--epochs", "1",
+                          "--storage", storage],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name='ga-fpn'")
+    assert len(versions) == 1 and versions[0].tags["ratio"] == "1"
+    assert versions[0].source.startswith(f"s3://{S3_BUCKET}/mlflow/") or \
+        versions[0].source.startswith("models:/")
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    records = fs.glob(f"{S3_BUCKET}/search/ray/trials/*/fpn_run.json")
+    assert len(records) >= 1
+    assert "| Method | 1 |" in (work / "results" / "table.md").read_text()

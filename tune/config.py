@@ -1,8 +1,12 @@
 """``SearchConfig``: every option of ``python tune/search.py``, typed, from the CLI or ``--config``.
 
-With no ``data`` the search makes a small synthetic data set in ``workdir`` and uses CPU-sized
-training settings (:data:`DEMO_TRAIN`); with real data the training settings are
-:class:`fpn.config.TrainConfig`'s defaults (the reference recipe) plus ``train`` overrides.
+A search config holds the base of every run's :class:`fpn.config.TrainConfig` (a recipe shipped
+in ``fpn/recipes/`` plus ``train`` overrides) and the search space, both checked against
+TrainConfig when the config is made: a typo in a space file or a ``--set`` key fails here, naming
+the key and the file, before Ray starts or anything pretrains.
+
+With no ``data`` the search makes a small synthetic data set in ``workdir`` and uses the
+``cpu-small`` recipe; with real data the ``reference`` recipe (TrainConfig's defaults).
 """
 
 from __future__ import annotations
@@ -10,32 +14,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from fpn.config import read_yaml_mapping
+from fpn.config import TrainConfig, read_yaml_mapping, set_dotted, validation_problem
+from fpn.recipes import recipe_overrides
+from tune.spaces import DEFAULT_SPACE_FILE, SearchSpace, load_space
 
-__all__ = ["DEMO_SHAPE", "DEMO_TRAIN", "SearchConfig", "load_search_config"]
+__all__ = ["DEMO_RECIPE", "DEMO_SHAPE", "SearchConfig", "load_search_config"]
 
 SSL = Literal["inverted_faf", "faf", "slo", "none"]
 
 #: (S, D, W) of the demo's synthetic volumes
 DEMO_SHAPE: tuple[int, int, int] = (16, 64, 128)
-#: TrainConfig overrides (dotted keys) that keep the demo within ~15 minutes on 2 CPU cores
-DEMO_TRAIN: dict[str, Any] = {
-    "data.crop": [16, 64],
-    "data.multiplier": 2,
-    "data.loader_workers": 0,
-    "batch_size": 4,
-    "keep_best": 2,
-    "overlay_every": 0,
-    "threads_per_worker": 1,
-}
+#: the recipe (fpn/recipes/) of the demo search: within ~15 minutes on 2 CPU cores
+DEMO_RECIPE = "cpu-small"
 
 
 class SearchConfig(BaseModel):
     """One search: which data, which network and pretraining, which ratios, how many trials."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    _space: SearchSpace | None = PrivateAttr(None)
 
     data: str | None = Field(None, description="store path/URL; None: a synthetic demo store")
     workdir: str = Field("fpn-search", description="demo data, results and default databases")
@@ -61,6 +68,8 @@ class SearchConfig(BaseModel):
     study_db: str | None = Field(None, description="Optuna storage URL (default sqlite in workdir)")
     experiment: str = "fpn-search"
     seed: int = 0
+    recipe: str | None = Field(None, description="training recipe: a name in fpn/recipes/ or a "
+                               "YAML file (default: cpu-small for the demo, else reference)")
     train: dict[str, Any] | None = Field(None, description="TrainConfig overrides, dotted keys")
     promote: bool = Field(True, description="promote the best version with the registry gate")
     min_crops_per_epoch: int | None = Field(
@@ -111,10 +120,54 @@ class SearchConfig(BaseModel):
     def asha_grace(self) -> int:
         return self.grace_period or max(1, self.train_epochs() // 2)
 
+    def recipe_name(self) -> str:
+        return self.recipe or (DEMO_RECIPE if self.is_demo else "reference")
+
     def train_overrides(self) -> dict[str, Any]:
-        if self.train is not None:
-            return dict(DEMO_TRAIN, **self.train) if self.is_demo else dict(self.train)
-        return dict(DEMO_TRAIN) if self.is_demo else {}
+        """The recipe's values, then ``train``'s (dotted keys)."""
+        return {**recipe_overrides(self.recipe_name()), **(self.train or {})}
+
+    def train_tree(self, *, task: str, target: str, epochs: int, storage_dir: str,
+                   cpus_per_worker: float, threads: int, store: str | None = None,
+                   ) -> dict[str, Any]:
+        """The TrainConfig tree of a run of this search (its recipe, overrides and resources);
+        ``task``, ``target`` and ``epochs`` are the search's, whatever the overrides say."""
+        storage = self.storage_path()
+        tree: dict[str, Any] = {
+            "task": task,
+            "data": {"store": store or self.store_path(), "target": target,
+                     "subset_seed": self.seed},
+            "model": {"name": self.model, "kwargs": {}}, "epochs": epochs, "seed": self.seed,
+            "workers": self.workers_per_trial, "gpus_per_worker": self.gpus_per_worker,
+            "cpus_per_worker": cpus_per_worker, "threads_per_worker": threads,
+            "storage": f"{storage.rstrip('/')}/{storage_dir}" if "://" in storage
+            else str(Path(storage) / storage_dir),
+            "mlflow": self.tracking_uri(), "experiment": self.experiment,
+        }
+        for dotted, value in self.train_overrides().items():
+            set_dotted(tree, dotted, value)
+        tree["task"], tree["data"]["target"], tree["epochs"] = task, target, epochs
+        return tree
+
+    def search_space(self) -> SearchSpace:
+        """The search space, loaded and checked against TrainConfig when the config was made."""
+        assert self._space is not None
+        return self._space
+
+    @model_validator(mode="after")
+    def _check_train_and_space(self) -> SearchConfig:
+        tree = self.train_tree(task="finetune", target="mask", epochs=self.train_epochs(),
+                               storage_dir="trials", cpus_per_worker=1.0, threads=1)
+        try:
+            TrainConfig.model_validate(tree)
+        except ValidationError as exc:
+            raise ValueError(f"train settings (recipe {self.recipe_name()!r}, then --set/train): "
+                             f"{validation_problem(exc)}") from None
+        space_file = Path(self.space) if self.space else DEFAULT_SPACE_FILE
+        space = load_space(space_file)
+        space.check_against(tree, where=str(space_file))
+        self._space = space
+        return self
 
     def registered_name(self) -> str:
         return f"{self.task}-{self.model}"
@@ -144,4 +197,7 @@ def load_search_config(path: str | Path | None, overrides: dict[str, Any]) -> Se
         return SearchConfig.model_validate(raw)
     except ValidationError as exc:
         where = f"{path}: " if path else ""
-        raise ValueError(f"{where}invalid search options: {exc}") from exc
+        problems = "; ".join(
+            (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
+            + str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ValueError(f"{where}invalid search options: {problems}") from None

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fpn import tags as T
+from tune import results
+from tune.results import Cell, plain_cell
+
 __all__ = [
     "PARENT_ROLE",
     "TableRow",
@@ -23,13 +27,14 @@ __all__ = [
     "model_card",
     "plot_table",
     "plot_trials",
+    "search_cells",
     "study_summary",
     "table_csv",
     "table_markdown",
 ]
 
 #: tag value of ``fpn.search_role`` on a search's per-ratio parent run
-PARENT_ROLE = "ratio"
+PARENT_ROLE = T.ROLE_RATIO
 
 
 @dataclass(frozen=True)
@@ -94,40 +99,33 @@ def collect_rows(client: Any, experiment_id: str, task: str, model: str) -> list
     """The latest evaluated parent run of every (configuration, ratio) of ``task``/``model``."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`fpn.search_role` = '{PARENT_ROLE}' and tags.`fpn.search_task` = "
-                       f"'{task}' and tags.`fpn.model` = '{model}'"),
+        filter_string=(f"tags.`{T.SEARCH_ROLE}` = '{PARENT_ROLE}' and tags.`{T.SEARCH_TASK}` = "
+                       f"'{task}' and tags.`{T.MODEL}` = '{model}'"),
         order_by=["attributes.start_time ASC"], max_results=1000)
     cells: dict[tuple[str, float], TableRow] = {}
     for run in runs:
         m, t = run.data.metrics, run.data.tags
         if "test/dice_mean" not in m:
             continue
-        ratio = float(t.get("fpn.ratio", "nan"))
-        key = (t.get("fpn.configuration", "?"), ratio)
+        ratio = float(t.get(T.RATIO, "nan"))
+        key = (t.get(T.CONFIGURATION, "?"), ratio)
         cells[key] = TableRow(key[0], ratio, m["test/dice_mean"], m.get("test/dice_std", math.nan),
-                              int(m.get("test/visits", 0)), t.get("fpn.study", ""))
+                              int(m.get("test/visits", 0)), t.get(T.STUDY, ""))
     return sorted(cells.values(), key=lambda r: (r.configuration, r.ratio))
 
 
-def _grid(rows: Sequence[TableRow]) -> tuple[list[str], list[float], dict[tuple[str, float], TableRow]]:
-    configs = list(dict.fromkeys(r.configuration for r in sorted(rows, key=lambda r: len(r.configuration))))
-    ratios = sorted({r.ratio for r in rows})
-    return configs, ratios, {(r.configuration, r.ratio): r for r in rows}
+def search_cells(rows: Sequence[TableRow]) -> list[Cell]:
+    """The rows as table cells, in the search table's order (shorter configuration names
+    first, e.g. ``FPN`` before ``FPN (inverted_faf pretraining)``; ratios ascending)."""
+    ordered = sorted(sorted(rows, key=lambda r: (r.configuration, r.ratio)),
+                     key=lambda r: len(r.configuration))
+    return [plain_cell(r.configuration, r.ratio, r.dice_mean, r.dice_std, r.visits)
+            for r in ordered]
 
 
 def table_markdown(rows: Sequence[TableRow]) -> str:
     """The poster's table: configurations x ratios, ``mean ± std`` test Dice in %."""
-    configs, ratios, cell = _grid(rows)
-    lines = ["| Method | " + " | ".join(f"{r:g}" for r in ratios) + " |",
-             "|---|" + "---|" * len(ratios)]
-    for c in configs:
-        vals = []
-        for r in ratios:
-            row = cell.get((c, r))
-            vals.append("" if row is None else
-                        f"{100 * row.dice_mean:.2f} ± {100 * row.dice_std:.2f}")
-        lines.append(f"| {c} | " + " | ".join(vals) + " |")
-    return "\n".join(lines) + "\n"
+    return results.table_markdown(search_cells(rows), scale=100.0)
 
 
 def table_csv(rows: Sequence[TableRow]) -> str:
@@ -143,28 +141,7 @@ def table_csv(rows: Sequence[TableRow]) -> str:
 
 def plot_table(rows: Sequence[TableRow], path: str | Path) -> Path:
     """Test Dice (mean ± std) against the labelled-data ratio, one line per configuration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    configs, ratios, cell = _grid(rows)
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-    for c in configs:
-        pts = [cell[(c, r)] for r in ratios if (c, r) in cell]
-        ax.errorbar([p.ratio for p in pts], [100 * p.dice_mean for p in pts],
-                    yerr=[100 * p.dice_std for p in pts], marker="o", capsize=3, label=c)
-    ax.set_xscale("log")
-    ax.set_xticks(ratios)
-    ax.set_xticklabels([f"{r:g}" for r in ratios])
-    ax.set_xlabel("fraction of labelled training patients")
-    ax.set_ylabel("test Dice (%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return results.plot_cells(search_cells(rows), path)
 
 
 def model_card(*, name: str, store: Any, tags: dict[str, str], config: dict[str, Any],

@@ -16,6 +16,7 @@ searcher with it) and is called with an Optuna trial (TPE samples define-by-run 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +79,47 @@ class SearchSpace(BaseModel):
             if spec.complement:
                 derived[spec.complement] = round(1.0 - float(value), 12)
         return derived
+
+    def check_against(self, base: dict[str, Any], *, where: str) -> None:
+        """Every key of the space names a TrainConfig field, and every value the space can
+        give (each choice, both bounds, the complements, the fixed values) makes ``base`` (a
+        TrainConfig tree) a valid TrainConfig.
+
+        Raises:
+            ValueError: naming ``where`` (the space file), the key and the problem.
+        """
+        from fpn.config import TrainConfig, set_dotted
+
+        def check(key: str, value: Any, extra: dict[str, Any] | None = None) -> None:
+            tree = copy.deepcopy(base)
+            for k, v in {key: value, **(extra or {})}.items():
+                node = tree
+                *parents, _ = k.split(".")
+                for part in parents:  # a key through a non-section ("epochs.x") is unknown
+                    if part in node and not isinstance(node[part], dict):
+                        raise ValueError(f"{where}: {k!r} is not a TrainConfig key")
+                    node = node.setdefault(part, {})
+                set_dotted(tree, k, v)
+            try:
+                TrainConfig.model_validate(tree)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                loc = ".".join(str(p) for p in first["loc"])
+                if first["type"] == "extra_forbidden":
+                    raise ValueError(f"{where}: {loc!r} is not a TrainConfig key") from None
+                raise ValueError(f"{where}: {key} = {value!r}: {loc}: {first['msg']}") from None
+
+        for key, value in self.fixed.items():
+            check(key, value)
+        for key, spec in self.params.items():
+            values = (list(spec.choices or []) if spec.type == "categorical"
+                      else [spec.low, spec.high])
+            for value in values:
+                if spec.type == "int":
+                    value = int(value)
+                extra = ({spec.complement: round(1.0 - float(value), 12)}
+                         if spec.complement else None)
+                check(key, value, extra)
 
     def describe(self) -> str:
         """One line per parameter, for logs and model cards."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
+
+from fpn import tags as T
 
 __all__ = ["TRIAL_STORAGE_DIR", "train_trial", "trial_run_name", "trial_train_config"]
 
@@ -38,16 +39,10 @@ def trial_train_config(base: dict[str, Any], params: dict[str, Any], run_name: s
 
 
 def _finished_run(cfg: Any) -> bool:
-    from fpn.inference import RUN_FILE
+    """Whether the trial's Train run finished before (local storage or an object store)."""
+    from fpn.training.run_record import finished_run
 
-    storage = cfg.storage_path()
-    if "://" in storage:
-        return False
-    path = Path(storage) / cfg.resolved_run_name() / RUN_FILE
-    try:
-        return bool(path.is_file() and json.loads(path.read_text()).get("finished"))
-    except (OSError, ValueError):
-        return False
+    return finished_run(cfg.storage_path(), cfg.resolved_run_name()) is not None
 
 
 def _mark_stopped(cfg: Any, parent_run_id: str) -> None:
@@ -59,7 +54,7 @@ def _mark_stopped(cfg: Any, parent_run_id: str) -> None:
     exp = ensure_experiment(client, cfg.experiment, uri)
     for run in client.search_runs([exp], filter_string=f"tags.`{RUN_NAME_TAG}` = "
                                   f"'{cfg.resolved_run_name()}'", max_results=5):
-        client.set_tag(run.info.run_id, "fpn.status", "stopped")
+        client.set_tag(run.info.run_id, T.STATUS, "stopped")
         client.set_terminated(run.info.run_id, status="KILLED")
     print(f"[search] {cfg.resolved_run_name()}: stopped early by ASHA", flush=True)
 
@@ -80,8 +75,8 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_train_config(context["base"], config, trial_run_name(context["study"], trial_id))
-    tags = {**context.get("tags", {}), "fpn.trial_id": trial_id, "fpn.study": context["study"],
-            "fpn.trial_params": json.dumps(config, sort_keys=True, default=str)}
+    tags = {**context.get("tags", {}), T.TRIAL_ID: trial_id, T.STUDY: context["study"],
+            T.TRIAL_PARAMS: json.dumps(config, sort_keys=True, default=str)}
     already = _finished_run(cfg)
     callbacks = None if already else [TuneReportCallback(),
                                       StopOnBoardCallback(context["study"], trial_id)]

@@ -2,15 +2,17 @@
 
 Plan: one pretraining per (network, SSL target), then one fine-tuning per (network, pretraining
 or none, ratio, seed), each a :func:`fpn.training.driver.run_training` call with the preset's
-fixed recipe. Each call runs in its own Ray task (a driver holding :data:`DRIVER_CPU`), its Train
-workers in their own placement group; as many run at once as the cluster's CPUs (or GPUs) allow,
-and a fine-tuning from a pretraining starts once that pretraining has finished. Each fine-tuned
-k-best ensemble is then evaluated on the test split, in the same task.
+fixed recipe. Each call runs in its own Ray task (a driver holding
+:func:`tune.core.driver_resources`), its Train workers in their own placement group; as many run
+at once as :func:`tune.core.plan_resources` fits on the cluster's CPUs (or GPUs), and a
+fine-tuning from a pretraining starts once that pretraining has finished. Each fine-tuned k-best
+ensemble is then evaluated on the test split, in the same task (:func:`tune.core.evaluate_run`).
 
 Run names are deterministic (``pt-<preset>-<store fingerprint>-<model>-<ssl>-r<ratio>-s<seed>``;
 ``...-pretrain-<model>-<target>``), so running the command again trains only what is missing
 (``run_training`` returns a finished run's outcome at once) and evaluates only what has no
-``evaluations/<run>.json`` yet.
+``evaluations/<run>/evaluation.json`` yet (:func:`tune.core.evaluate_run`, shared with the
+search).
 
 Pooling seeds: a method's value on a test visit is the mean over its seeds of that visit's
 metric; cells are mean ± std of those values over test visits, and the Wilcoxon test pairs them
@@ -37,9 +39,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fpn import tags as T
 from fpn.config import SSL_TARGETS, TrainConfig, set_dotted
-from fpn.experiments.presets import PRESETS, Preset
-from fpn.experiments.stats import Cell, build_cells, cells_csv, table_markdown
+from fpn.inference import join_location
+from fpn.training.run_record import RUN_FILE, read_run_record
+from tune.core import (
+    DRIVER_CPU,
+    cluster_capacity,
+    driver_resources,
+    evaluate_run,
+    finished_run,
+    make_synthetic_store,
+    plan_resources,
+    write_atomic,
+)
+from tune.experiments.presets import PRESETS, Preset
+from tune.results import Cell, build_cells, cells_csv, plot_cells, table_markdown
 
 __all__ = [
     "DRIVER_CPU",
@@ -49,7 +64,6 @@ __all__ = [
     "Job",
     "PaperTableResult",
     "PlannedRun",
-    "plan_concurrency",
     "plan_cost",
     "plan_jobs",
     "plan_markdown",
@@ -58,8 +72,6 @@ __all__ = [
     "run_paper_table",
 ]
 
-#: CPU held by each run's Ray task (the Train driver); its workers have their own
-DRIVER_CPU = 0.05
 EXPERIMENT = "fpn-paper-table"
 #: the poster's names of the networks
 METHOD_NAMES = {"fpn": "FPN", "resensnet": "ReSensNet", "lachinov": "Lachinov et al.",
@@ -107,27 +119,6 @@ class PaperTableResult:
     markdown: str
     failed: dict[str, str] = field(default_factory=dict)
     trained: list[str] = field(default_factory=list)
-
-
-def plan_concurrency(cpus: float, gpus: float, workers_per_run: int, gpus_per_worker: float,
-                     max_concurrent: int | None = None) -> tuple[int, float]:
-    """``(runs at once, CPUs per Train worker)`` that fit the cluster without deadlock.
-
-    A run holds :data:`DRIVER_CPU` for its task plus ``workers_per_run`` workers; more runs than
-    fit would hold driver slots while their workers wait for CPUs that never come free.
-    """
-    w = workers_per_run
-    if gpus_per_worker > 0:
-        if gpus < w * gpus_per_worker:
-            raise ValueError(f"a run needs {w * gpus_per_worker:g} GPUs; the cluster has {gpus:g}")
-        fit = int(gpus // (w * gpus_per_worker))
-    else:
-        fit = max(1, int(cpus // w))
-    conc = max(1, min(max_concurrent or fit, fit))
-    cpw = max(0.05, (cpus / conc - DRIVER_CPU) / w)
-    if DRIVER_CPU + w * cpw > cpus + 1e-9:
-        raise ValueError(f"a run needs {DRIVER_CPU + w * cpw:g} CPUs; the cluster has {cpus:g}")
-    return conc, round(cpw, 3)
 
 
 def _base_tree(store: str, preset: Preset, overrides: dict[str, Any], *, storage: str,
@@ -198,7 +189,7 @@ def _grid_jobs(base: dict[str, Any], *, preset: str, store: Any, models: Sequenc
 
 
 def _join(storage: str, name: str) -> str:
-    return f"{storage.rstrip('/')}/{name}" if "://" in storage else str(Path(storage) / name)
+    return join_location(storage, name)
 
 
 # -- what the grid costs, before anything runs --------------------------------------------------
@@ -279,43 +270,9 @@ def plan_markdown(rows: Sequence[PlannedRun], *, crop: Sequence[int], concurrenc
 
 # -- one run, in a Ray task ------------------------------------------------------------------
 
-def _evaluate_run(outcome: Any, cfg: TrainConfig, eval_file: str) -> list[dict[str, Any]]:
-    """Test-split records of the run's k-best ensemble, cached in ``eval_file``."""
-    path = Path(eval_file)
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("mlflow_run_id") == outcome.mlflow_run_id:
-            return cached["records"]
-    from mlflow.entities import Metric
-
-    from fpn.data.store import open_store
-    from fpn.evaluation import evaluate_ensemble
-    from fpn.inference import load_ensemble
-    from fpn.tracking import client_for
-
-    store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
-    keys = [v.key for v in store.visits_for(splits="test", require="mask")]
-    if not keys:
-        raise ValueError(f"{cfg.data.store}: no 'test' visits with a mask")
-    ensemble = load_ensemble(outcome.run_dir, cfg.tracking_uri())
-    metrics = evaluate_ensemble(ensemble, store, keys)
-    records = [{**r, "area_error_mm2": abs(r["area_pred_mm2"] - r["area_true_mm2"])}
-               for r in metrics.records]
-    agg = metrics.aggregate()
-    client_for(cfg.tracking_uri()).log_batch(
-        outcome.mlflow_run_id, metrics=[Metric(f"test/{k}", float(v), int(time.time() * 1000), 0)
-                                        for k, v in agg.items() if math.isfinite(v)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"mlflow_run_id": outcome.mlflow_run_id, "records": records},
-                              default=str))
-    os.replace(tmp, path)
-    return records
-
-
 def _execute_job(config: dict[str, Any], parent_run_id: str, tags: dict[str, str],
-                 eval_file: str | None) -> dict[str, Any]:
-    """Train (or find finished) one run; evaluate it when ``eval_file`` is given."""
+                 eval_dir: str | None) -> dict[str, Any]:
+    """Train (or find finished) one run; evaluate it (once) when ``eval_dir`` is given."""
     import torch
 
     from fpn.training.driver import run_training
@@ -325,8 +282,15 @@ def _execute_job(config: dict[str, Any], parent_run_id: str, tags: dict[str, str
     started = time.monotonic()
     outcome = run_training(cfg, parent_run_id=parent_run_id, extra_tags=tags)
     out: dict[str, Any] = {"outcome": asdict(outcome), "seconds": time.monotonic() - started}
-    if eval_file is not None:
-        out["records"] = _evaluate_run(outcome, cfg, eval_file)
+    if eval_dir is not None:
+        from fpn.data.store import open_store
+
+        store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
+        record = read_run_record(outcome.run_dir)
+        if record is None:
+            raise RuntimeError(f"{outcome.run_dir}: the finished run left no {RUN_FILE}")
+        out["records"] = evaluate_run(record, store, tracking_uri=cfg.tracking_uri(),
+                                      out_dir=eval_dir, log=_log).records
     return out
 
 
@@ -335,7 +299,9 @@ def _run_jobs(jobs: list[Job], *, concurrency: int, parent_run_id: str, eval_dir
     """Run ``jobs`` as Ray tasks, at most ``concurrency`` at once, each after its ``after``."""
     import ray
 
-    remote = ray.remote(num_cpus=DRIVER_CPU, max_retries=0)(_execute_job)
+    driver = driver_resources()
+    remote = ray.remote(num_cpus=driver.pop("CPU"), resources=driver or None,
+                        max_retries=0)(_execute_job)
     pending = list(jobs)
     running: dict[Any, Job] = {}
     done: dict[str, dict] = {}
@@ -348,9 +314,9 @@ def _run_jobs(jobs: list[Job], *, concurrency: int, parent_run_id: str, eval_dir
         while ready and len(running) < concurrency:
             job = ready.pop(0)
             pending.remove(job)
-            eval_file = str(eval_dir / f"{job.name}.json") if job.evaluate else None
-            job_tags = {**tags, "fpn.paper_table_method": row_label(job.model, job.ssl)}
-            running[remote.remote(job.config, parent_run_id, job_tags, eval_file)] = job
+            job_eval = str(eval_dir / job.name) if job.evaluate else None
+            job_tags = {**tags, T.PAPER_TABLE_METHOD: row_label(job.model, job.ssl)}
+            running[remote.remote(job.config, parent_run_id, job_tags, job_eval)] = job
         if not running:
             break
         finished, _ = ray.wait(list(running), num_returns=1)
@@ -406,19 +372,6 @@ def _per_visit_csv(jobs: Sequence[Job], done: dict[str, dict]) -> str:
     return buf.getvalue()
 
 
-def _plot(cells: Sequence[Cell], path: Path) -> Path:
-    from tune.report import TableRow, plot_table
-
-    rows = [TableRow(c.row, c.ratio, c.mean, c.std, c.visits, "") for c in cells if c.visits]
-    return plot_table(rows, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _report(preset: str, seeds: int, cells: dict[str, list[Cell]], failed: dict[str, str]) -> str:
     legend = (f"Mean ± std over test visits (each visit's value averaged over {seeds} seed(s)); "
               "k-best ensemble. Stars: paired Wilcoxon signed-rank test against the best row of "
@@ -434,13 +387,8 @@ def _report(preset: str, seeds: int, cells: dict[str, list[Cell]], failed: dict[
 # -- the command -----------------------------------------------------------------------------
 
 def _make_demo_store(out: Path) -> str:
-    from data_prep.__main__ import demo_main as data_demo
-
-    rc = data_demo(["--out", str(out / "data"), "--patients", "12", "--unlabelled", "4",
-                    "--shape", "16", "64", "128", "--visits", "3"])
-    if rc:
-        raise RuntimeError(f"{out / 'data'}: making the synthetic store failed (exit code {rc})")
-    return str(out / "data" / "store.zarr")
+    """The demo's synthetic store in ``OUT/data`` (made once; ``python -m tune.demo``'s)."""
+    return make_synthetic_store(out / "data", shape=(16, 64, 128), visits=3, log=_log)
 
 
 def _check_grid(models: Sequence[str], ssl: Sequence[str], ratios: Sequence[float],
@@ -534,7 +482,7 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
         out: folder for the runs, evaluations, tables, plot (and the store and MLflow database
             when not given).
         store: the fpn store; None makes the synthetic store of ``python -m fpn demo`` in OUT.
-        preset: ``quick`` or ``paper`` (:mod:`fpn.experiments.presets`).
+        preset: ``quick`` or ``paper`` (:mod:`tune.experiments.presets`).
         models, ssl, ratios, seeds: the grid; None takes the preset's default.
         workers_per_run: Ray Train workers of each run.
         gpus_per_worker: GPUs of each Train worker (0 on CPU).
@@ -547,7 +495,6 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
         The cells of each metric's table, the Markdown report, the parent MLflow run and the
         failed runs (a failed run leaves its cells empty; the others go on).
     """
-    import ray
 
     from fpn.data.store import open_store
     from fpn.tracking import client_for, ensure_experiment, find_or_create_run
@@ -563,9 +510,10 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
     store_path = store if store is not None else _make_demo_store(out)
     opened = open_store(store_path)
     uri = mlflow or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
-    res = ray.cluster_resources()
-    conc, cpw = plan_concurrency(float(res.get("CPU", 1)), float(res.get("GPU", 0)),
-                                 workers_per_run, gpus_per_worker, max_concurrent)
+    cpus, gpus = cluster_capacity()
+    plan = plan_resources(cpus, gpus, workers=workers_per_run, gpus_per_worker=gpus_per_worker,
+                          max_concurrent=max_concurrent)
+    conc, cpw = plan.concurrency, plan.cpus_per_worker
     base = _base_tree(store_path, chosen, {"gpus_per_worker": gpus_per_worker,
                                            **(overrides or {})},
                       storage=str(out / "runs"), tracking_uri=uri, experiment=experiment,
@@ -575,10 +523,10 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
 
     client = client_for(uri)
     exp_id = ensure_experiment(client, experiment, uri)
-    grid_tags = {"fpn.role": "paper-table", "fpn.preset": preset,
-                 "fpn.store": store_path, "fpn.store_fingerprint": opened.fingerprint,
-                 "fpn.models": ",".join(models), "fpn.ssl": ",".join(ssl),
-                 "fpn.ratios": ",".join(f"{r:g}" for r in ratios), "fpn.seeds": str(seeds)}
+    grid_tags = {T.ROLE: "paper-table", T.PRESET: preset,
+                 T.STORE: store_path, T.STORE_FINGERPRINT: opened.fingerprint,
+                 T.MODELS: ",".join(models), T.SSL: ",".join(ssl),
+                 T.RATIOS: ",".join(f"{r:g}" for r in ratios), T.SEEDS: str(seeds)}
     parent_id, resumed = find_or_create_run(client, exp_id, f"paper-table-{preset}-"
                                             f"{opened.fingerprint[:8]}", grid_tags)
     for k, v in grid_tags.items():
@@ -590,20 +538,20 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
          f"{cpw:g} CPU per Train worker; MLflow {uri}, parent run {parent_id}")
 
     done, failed = _run_jobs(jobs, concurrency=conc, parent_run_id=parent_id,
-                             eval_dir=out / "evaluations", tags={"fpn.paper_table": preset})
+                             eval_dir=out / "evaluations", tags={T.PAPER_TABLE: preset})
 
     cells = {key: build_cells(pooled_values(jobs, done, key), higher_is_better=better)
              for key, _, _, better in METRICS}
     markdown = _report(preset, seeds, cells, failed)
-    _write_atomic(out / "paper_table.md", markdown)
-    _write_atomic(out / "paper_table.csv", cells_csv(cells))
-    _write_atomic(out / "per_visit.csv", _per_visit_csv(jobs, done))
+    write_atomic(out / "paper_table.md", markdown)
+    write_atomic(out / "paper_table.csv", cells_csv(cells))
+    write_atomic(out / "per_visit.csv", _per_visit_csv(jobs, done))
     artifacts = [out / "paper_table.md", out / "paper_table.csv", out / "per_visit.csv"]
     if cells["dice"]:
-        artifacts.append(_plot(cells["dice"], out / "dice_vs_ratio.png"))
+        artifacts.append(plot_cells(cells["dice"], out / "dice_vs_ratio.png"))
     for path in artifacts:
         client.log_artifact(parent_id, str(path))
-    client.set_tag(parent_id, "fpn.failed_runs", str(len(failed)))
+    client.set_tag(parent_id, T.FAILED_RUNS, str(len(failed)))
     client.set_terminated(parent_id, status="FAILED" if failed else "FINISHED")
     print(markdown, flush=True)
     _log(f"tables in {out / 'paper_table.md'}; MLflow parent run {parent_id}")
@@ -613,10 +561,4 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
 
 
 def _finished(storage: str, name: str) -> bool:
-    from fpn.inference import RUN_FILE, join_location, read_location_text
-
-    text = read_location_text(join_location(join_location(storage, name), RUN_FILE))
-    try:
-        return bool(text and json.loads(text).get("finished"))
-    except ValueError:
-        return False
+    return finished_run(storage, name) is not None

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from data_prep.sources import DataError
+from fpn.data.readers._common import DataError
 
 __all__ = ["read_e2e_volume", "read_vol_volume", "resample_slo_to_oct_grid"]
 

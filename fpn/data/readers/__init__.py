@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.readers._common import format_of, require_file
-from data_prep.readers.enface import (
+from fpn.data.readers._common import DataError, format_of, require_file
+from fpn.data.readers.enface import (
     ENFACE_FORMATS,
     binarize_mask,
     mask_binary_problem,
@@ -26,19 +26,19 @@ from data_prep.readers.enface import (
     read_image_raw,
     read_mask,
 )
-from data_prep.readers.heidelberg import read_e2e_volume, read_vol_volume, resample_slo_to_oct_grid
-from data_prep.readers.volumes import (
+from fpn.data.readers.heidelberg import read_e2e_volume, read_vol_volume, resample_slo_to_oct_grid
+from fpn.data.readers.volumes import (
     read_dicom_volume,
     read_nifti_volume,
     read_npy_volume,
     read_tiff_volume,
 )
-from data_prep.sources import DataError
 
 __all__ = [
     "ENFACE_FORMATS",
     "OCT_FORMATS",
     "SPACING_FORMATS",
+    "DataError",
     "binarize_mask",
     "format_of",
     "mask_binary_problem",

@@ -1,4 +1,7 @@
-"""The poster's table as pure functions: per-visit values in, starred and bolded cells out.
+"""The results table and plot of both front-ends (the search and the paper table).
+
+The poster's table as pure functions: per-visit values in, starred and bolded cells out; or
+summary cells in (the search has a mean and std per cell, no per-visit values: no stars, no bold).
 
 A *column* is one labelled-data ratio; a *row* is one method (network + pretraining). Each cell
 holds one value per test visit (already pooled over seeds by the caller). The best row of a
@@ -16,6 +19,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +28,8 @@ __all__ = [
     "build_cells",
     "cells_csv",
     "paired_wilcoxon",
+    "plain_cell",
+    "plot_cells",
     "stars_for",
     "table_markdown",
 ]
@@ -119,8 +125,13 @@ def build_cells(values: Mapping[str, Mapping[float, VisitValues]], *,
     return sorted(cells, key=lambda c: (order[c.row], c.ratio))
 
 
+def plain_cell(row: str, ratio: float, mean: float, std: float, visits: int) -> Cell:
+    """A cell known only by its summary (no per-visit values): never bold, never starred."""
+    return Cell(row, ratio, mean, std, visits, False, None, "")
+
+
 def _cell_text(cell: Cell, scale: float, decimals: int) -> str:
-    if cell.visits == 0:
+    if not math.isfinite(cell.mean):
         return "–"
     text = f"{scale * cell.mean:.{decimals}f} ± {scale * cell.std:.{decimals}f}"
     if cell.best:
@@ -161,3 +172,32 @@ def cells_csv(cells_by_metric: Mapping[str, Sequence[Cell]]) -> str:
             w.writerow([metric, c.row, f"{c.ratio:g}", f"{c.mean:.6g}", f"{c.std:.6g}", c.visits,
                         int(c.best), "" if c.p_value is None else f"{c.p_value:.6g}", c.stars])
     return buf.getvalue()
+
+
+def plot_cells(cells: Sequence[Cell], path: str | Path, *, scale: float = 100.0,
+               ylabel: str = "test Dice (%)") -> Path:
+    """Mean ± std against the labelled-data ratio (log axis), one line per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [c for c in cells if math.isfinite(c.mean)]
+    rows = list(dict.fromkeys(c.row for c in sorted(shown, key=lambda c: len(c.row))))
+    ratios = sorted({c.ratio for c in shown})
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    for row in rows:
+        pts = sorted((c for c in shown if c.row == row), key=lambda c: c.ratio)
+        ax.errorbar([p.ratio for p in pts], [scale * p.mean for p in pts],
+                    yerr=[scale * p.std for p in pts], marker="o", capsize=3, label=row)
+    ax.set_xscale("log")
+    ax.set_xticks(ratios)
+    ax.set_xticklabels([f"{r:g}" for r in ratios])
+    ax.set_xlabel("fraction of labelled training patients")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -10,8 +10,7 @@ import os
 
 import numpy as np
 
-from data_prep.readers._common import format_of, read_npy, require_file
-from data_prep.sources import DataError
+from fpn.data.readers._common import DataError, format_of, read_npy, require_file
 
 __all__ = [
     "ENFACE_FORMATS",

@@ -7,9 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.sources import DataError
 
-__all__ = ["format_of", "read_npy", "require_file"]
+class DataError(ValueError):
+    """Bad input data; the message names the file and the cause."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = str(path)
+        self.reason = message
+
+
+__all__ = ["DataError", "format_of", "read_npy", "require_file"]
 
 # Double extensions first, so that ``scan.nii.gz`` is NIfTI and not "gzip".
 _DOUBLE_SUFFIXES = (".nii.gz",)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.readers import (
+from data_prep.sources import DataError, Problem, VisitArrays, VisitSource
+from fpn.data.readers import (
     SPACING_FORMATS,
     binarize_mask,
     format_of,
@@ -22,8 +23,7 @@ from data_prep.readers import (
     read_oct,
     resample_slo_to_oct_grid,
 )
-from data_prep.readers._common import read_npy
-from data_prep.sources import DataError, Problem, VisitArrays, VisitSource
+from fpn.data.readers._common import read_npy
 
 __all__ = ["check_visit", "inspect_visit", "load_visit"]
 

@@ -1,8 +1,10 @@
-"""``python -m fpn demo``: the whole vertical slice on synthetic data, on a laptop CPU.
+"""``python -m tune.demo``: the whole vertical slice on synthetic data, on a laptop CPU.
 
 synthetic source -> Zarr store -> inverted-FAF pretraining -> fine-tuning (with and without the
 pretraining) -> test evaluation -> predicted masks. Every step is skipped when its output is
-already there, so a re-run only does what is missing.
+already there, so a re-run only does what is missing. The recipe is ``fpn/recipes/quick.yaml``
+(the paper table's ``quick`` preset's) with DataLoader workers, overlays and a logged model.
+It lives on the orchestration side: it makes data (``data_prep``) and trains (``fpn``).
 """
 
 from __future__ import annotations
@@ -10,49 +12,54 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from fpn.config import TrainConfig, set_dotted
+from fpn.recipes import recipe_overrides
 
 __all__ = ["demo_config", "demo_main"]
 
 
 def demo_config(store: str, out: Path, task: str, **over) -> TrainConfig:
-    """A small CPU recipe: half-width FPN, (16, 128) crops, AdamW."""
+    """The ``quick`` recipe (half-width FPN, (16, 128) crops, AdamW) with one DataLoader worker,
+    overlays every 5 epochs and a logged model."""
     tree = {
         "task": task,
-        "data": {"store": store, "target": "inverted_faf" if task == "pretrain" else "mask",
-                 "crop": [16, 128], "multiplier": 4, "loader_workers": 1},
-        "model": {"name": "fpn", "kwargs": {"width": 0.5}},
-        "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 1e-4},
-        "epochs": 8, "batch_size": 4, "workers": 1, "keep_best": 3,
+        "data": {"store": store, "target": "inverted_faf" if task == "pretrain" else "mask"},
+        "model": {"name": "fpn", "kwargs": {}}, "workers": 1,
         "storage": str(out / "runs"), "mlflow": f"sqlite:///{(out / 'mlflow.db').resolve()}",
     }
-    for k, v in over.items():
+    demo = {"data.loader_workers": 1, "overlay_every": 5, "log_model": True}
+    for k, v in {**recipe_overrides("quick"), **demo, **over}.items():
         set_dotted(tree, k, v)
     return TrainConfig.model_validate(tree)
 
 
 def demo_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fpn demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="fpn_demo", help="folder for data, runs and MLflow")
+    from tune.cli import add_workers, run_command
+
+    parser = argparse.ArgumentParser(prog="python -m tune.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", "--workdir", dest="out", default="fpn_demo",
+                        help="folder for data, runs and MLflow")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--ratio", type=float, default=0.25)
-    parser.add_argument("--workers", type=int, default=1)
+    add_workers(parser, default=1)
     args = parser.parse_args(argv)
+    return run_command("demo", lambda: _demo(args))
 
-    from data_prep.__main__ import demo_main as data_demo
+
+def _demo(args: argparse.Namespace) -> int:
     from fpn.evaluation import evaluate, predict
     from fpn.training.driver import run_training
+    from tune.core import make_synthetic_store
 
+    if not 0 < args.ratio <= 1 or args.epochs < 1 or args.workers < 1:
+        raise ValueError("--ratio must be in (0, 1], --epochs and --workers >= 1")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    rc = data_demo(["--out", str(out / "data"), "--patients", "12", "--unlabelled", "4",
-                    "--shape", "16", "64", "128", "--visits", "3"])
-    if rc:
-        return rc
-    store = str(out / "data" / "store.zarr")
+    store = make_synthetic_store(out / "data", shape=(16, 64, 128), visits=3)
     # a laptop run uses every core: each worker gets its share of CPUs (and as many threads)
     common = {"epochs": args.epochs, "workers": args.workers,
               "cpus_per_worker": max(1.0, float((os.cpu_count() or 1) // args.workers))}
@@ -77,4 +84,4 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.sys.exit(demo_main())
+    sys.exit(demo_main())

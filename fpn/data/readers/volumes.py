@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.readers._common import read_npy
-from data_prep.sources import DataError
+from fpn.data.readers._common import DataError, read_npy
 
 __all__ = ["read_dicom_volume", "read_nifti_volume", "read_npy_volume", "read_tiff_volume"]
 

@@ -1,0 +1,72 @@
+"""Training recipes shipped with the package: named YAML files of :class:`fpn.config.TrainConfig`
+values (no store: the store is the caller's).
+
+- ``reference``: the reference recipe, i.e. TrainConfig's defaults (SGD lr 0.1, 40 epochs of 20
+  crops of 32 x 256 per volume, batch 8, full-width networks, the 5 best checkpoints).
+- ``cpu-small``: the search's recipe on the synthetic demo store (``python tune/search.py`` with
+  no ``--data``): about 15 minutes on 2 CPU cores.
+- ``quick``: the demo's and the ``quick`` paper table's recipe: half-width networks, AdamW.
+- ``tiny``: the tests' recipe: the smallest crops and batches that still train.
+
+A recipe is applied as dotted overrides (:func:`recipe_overrides`), under any the caller gives.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RECIPES", "load_recipe", "recipe_overrides"]
+
+RECIPES = ("reference", "cpu-small", "quick", "tiny")
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """The recipe ``name`` (one of :data:`RECIPES`) or a YAML file path, as a nested mapping.
+
+    Raises:
+        ValueError: unknown name, unreadable file or a key TrainConfig does not have (the
+            message names the recipe and the key).
+    """
+    from fpn.config import read_yaml_mapping
+
+    if name in RECIPES:
+        with resources.as_file(resources.files(__package__) / f"{name}.yaml") as path:
+            tree = read_yaml_mapping(path, "recipe")
+    elif name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        tree = read_yaml_mapping(name, "recipe")
+    else:
+        raise ValueError(f"unknown recipe {name!r}; expected one of {list(RECIPES)} or a YAML file")
+    _check(tree, name)
+    return tree
+
+
+def recipe_overrides(name: str) -> dict[str, Any]:
+    """The recipe as dotted keys (``{"optim.lr": 0.002, ...}``), for ``set_dotted``."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: dict[str, Any]) -> None:
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict) and v:
+                walk(key, v)
+            else:
+                out[key] = v
+
+    walk("", load_recipe(name))
+    return out
+
+
+def _check(tree: dict[str, Any], name: str) -> None:
+    from pydantic import ValidationError
+
+    from fpn.config import TrainConfig, validation_problem
+
+    candidate = {**tree, "data": {**tree.get("data", {}), "store": "recipe-check"}}
+    if "task" in tree:
+        raise ValueError(f"recipe {name}: 'task' is chosen by the caller, not the recipe")
+    try:
+        TrainConfig.model_validate(candidate)
+    except ValidationError as exc:
+        raise ValueError(f"recipe {name}: {validation_problem(exc)}") from None

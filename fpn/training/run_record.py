@@ -1,0 +1,81 @@
+"""A run's record, ``fpn_run.json``: what a finished training run left, at a path or a URL.
+
+The driver writes it when a run finishes (its :class:`~fpn.training.driver.TrainingOutcome`,
+``finished: true`` and the resolved config); everything that asks "is this run finished, and
+where are its best checkpoints?" reads it here, through fsspec, so that a local run directory
+and one on an object store (``s3://...``) are read the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from fpn.inference import RUN_FILE, join_location, read_location_text, write_location_text
+
+__all__ = ["RUN_FILE", "RunRecord", "finished_run", "read_run_record", "write_run_record"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The content of ``fpn_run.json``."""
+
+    run_name: str
+    run_dir: str
+    mlflow_run_id: str = ""
+    best_checkpoints: list[str] = field(default_factory=list)
+    best_scores: list[float] = field(default_factory=list)
+    score_name: str = ""
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    train_patients: list[str] = field(default_factory=list)
+    model_uri: str | None = None
+    finished: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_score(self) -> float:
+        return max(self.best_scores) if self.best_scores else float("nan")
+
+    @property
+    def usable(self) -> bool:
+        """Finished with at least one checkpoint: something to evaluate and register."""
+        return self.finished and bool(self.best_checkpoints)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> RunRecord:
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{where}: not a run record: {exc}") from exc
+        if not isinstance(raw, dict) or "run_name" not in raw or "run_dir" not in raw:
+            raise ValueError(f"{where}: not a run record (no run_name / run_dir)")
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+
+def read_run_record(run_dir: str) -> RunRecord | None:
+    """The record of the run in ``run_dir`` (a path or URL); None when it has none yet.
+
+    Raises:
+        ValueError: the file exists but is not a run record (the message names it).
+    """
+    location = join_location(run_dir, RUN_FILE)
+    text = read_location_text(location)
+    return None if text is None else RunRecord.from_json(text, location)
+
+
+def finished_run(storage: str, run_name: str) -> RunRecord | None:
+    """The record of run ``run_name`` under ``storage`` when it finished; else None (also for a
+    record that cannot be read: the run is then trained again, which rewrites it)."""
+    try:
+        record = read_run_record(join_location(storage, run_name))
+    except ValueError:
+        return None
+    return record if record is not None and record.finished else None
+
+
+def write_run_record(run_dir: str, outcome: dict[str, Any], config: dict[str, Any]) -> None:
+    """Write ``fpn_run.json`` for a finished run, whole or not at all."""
+    write_location_text(join_location(run_dir, RUN_FILE),
+                        json.dumps({**outcome, "finished": True, "config": config},
+                                   indent=2, sort_keys=True))

@@ -1,0 +1,198 @@
+"""The search's typed config, unit-tested (no Ray): recipes, the search space and its check
+against TrainConfig, the command-line mapping and the exit codes of bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+def _space(tmp_path, text: str) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+# -- recipes ------------------------------------------------------------------------------------
+
+def test_every_shipped_recipe_is_a_valid_train_config():
+    from fpn.config import TrainConfig, set_dotted
+    from fpn.recipes import RECIPES, recipe_overrides
+
+    for name in RECIPES:
+        tree = {"data": {"store": "/x.zarr"}}
+        for k, v in recipe_overrides(name).items():
+            set_dotted(tree, k, v)
+        TrainConfig.model_validate(tree)
+    assert recipe_overrides("reference") == {}  # the reference recipe is TrainConfig's defaults
+    assert recipe_overrides("quick")["model.kwargs.width"] == 0.5
+
+
+def test_recipe_errors_name_the_recipe_and_the_key(tmp_path):
+    from fpn.recipes import load_recipe
+
+    with pytest.raises(ValueError, match="unknown recipe 'fast'"):
+        load_recipe("fast")
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("optim:\n  lrate: 0.1\n")
+    with pytest.raises(ValueError, match=r"mine.yaml.*optim.lrate"):
+        load_recipe(str(bad))
+    bad.write_text("task: pretrain\n")
+    with pytest.raises(ValueError, match="'task' is chosen by the caller"):
+        load_recipe(str(bad))
+
+
+def test_demo_and_real_data_recipes():
+    from tune.config import load_search_config
+
+    demo = load_search_config(None, {})
+    assert demo.recipe_name() == "cpu-small" and demo.train_overrides()["data.crop"] == [16, 64]
+    real = load_search_config(None, {"data": "/data/store.zarr", "train": {"optim.lr": 0.05}})
+    assert real.recipe_name() == "reference" and real.train_overrides() == {"optim.lr": 0.05}
+    tiny = load_search_config(None, {"recipe": "tiny", "train": {"batch_size": 2}})
+    assert tiny.train_overrides()["data.crop"] == [8, 32] and tiny.train_overrides()["batch_size"] == 2
+
+
+def test_train_tree_is_the_runs_config():
+    from fpn.config import TrainConfig
+    from tune.config import load_search_config
+
+    cfg = load_search_config(None, {"data": "s3://bucket/store.zarr", "storage": "s3://bucket/ray",
+                                    "workers_per_trial": 2, "train": {"epochs": 99}})
+    tree = cfg.train_tree(task="finetune", target="mask", epochs=3, storage_dir="trials",
+                          cpus_per_worker=0.5, threads=1)
+    tcfg = TrainConfig.model_validate(tree)
+    assert tcfg.epochs == 3  # the search's epochs win over an override
+    assert tcfg.storage == "s3://bucket/ray/trials" and tcfg.data.store == "s3://bucket/store.zarr"
+    assert tcfg.workers == 2 and tcfg.cpus_per_worker == 0.5
+
+
+# -- the search space ---------------------------------------------------------------------------
+
+def test_default_space_is_valid():
+    from tune.config import load_search_config
+
+    space = load_search_config(None, {}).search_space()
+    assert "optim.lr" in space.params
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("params:\n  optim.lrr: {type: float, low: 0.01, high: 0.1}\n", "'optim.lrr' is not a TrainConfig key"),
+    ("params:\n  epochs.x: {type: int, low: 1, high: 2}\n", "'epochs.x' is not a TrainConfig key"),
+    ("params:\n  optim.name: {type: categorical, choices: [sgd, adam]}\n", "optim.name = 'adam'"),
+    ("params:\n  optim.lr: {type: float, low: 0.0, high: 0.1}\n", "optim.lr = 0.0"),
+    ("params:\n  loss.dice_weight: {type: float, low: 0.2, high: 0.8, complement: loss.bce}\n",
+     "'loss.bce' is not a TrainConfig key"),
+    ("params:\n  optim.lr: {type: float, low: 0.01, high: 0.1}\nfixed:\n  optim.moment: 0.9\n",
+     "'optim.moment' is not a TrainConfig key"),
+    ("params:\n  optim.lr: {type: float, low: 0.2, high: 0.1}\n", "low <= high"),
+])
+def test_a_bad_space_fails_when_loaded_naming_file_and_key(tmp_path, text, match):
+    from tune.config import load_search_config
+
+    path = _space(tmp_path, text)
+    with pytest.raises(ValueError, match=match) as err:
+        load_search_config(None, {"space": path})
+    assert path in str(err.value)
+
+
+def test_a_bad_train_override_fails_when_loaded():
+    from tune.config import load_search_config
+
+    with pytest.raises(ValueError, match="'optim.lrr' is not a TrainConfig key"):
+        load_search_config(None, {"train": {"optim.lrr": 0.1}})
+    with pytest.raises(ValueError, match="'batch_size'"):
+        load_search_config(None, {"train": {"batch_size": 0}})
+
+
+def test_space_samples_with_complement_and_fixed(tmp_path):
+    import optuna
+
+    from tune.spaces import load_space
+
+    space = load_space(_space(tmp_path, "params:\n  loss.dice_weight: {type: float, low: 0.2, "
+                              "high: 0.8, complement: loss.bce_weight}\nfixed:\n  epochs: 2\n"))
+    trial = optuna.create_study().ask()
+    derived = space(trial)
+    assert derived["epochs"] == 2
+    assert derived["loss.bce_weight"] == pytest.approx(1 - trial.params["loss.dice_weight"])
+
+
+def test_scheduler_is_asha_from_two_epochs_on():
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tune.config import load_search_config
+    from tune.pruning import CooperativeASHA
+    from tune.tuner import scheduler_for
+
+    assert isinstance(scheduler_for(load_search_config(None, {"epochs": 1}), "s"), FIFOScheduler)
+    asha = scheduler_for(load_search_config(None, {"epochs": 2}), "s")
+    # with 2 epochs ASHA decides after epoch 1 (never at the last one)
+    assert isinstance(asha, CooperativeASHA) and asha._max_t == 1
+    assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [1]
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def test_command_line_maps_onto_the_config(tmp_path):
+    from tune.search import build_parser, config_from_args
+
+    args = build_parser().parse_args([
+        "--data", "/s.zarr", "--ratios", "0.5,0.1", "1.0", "--workers-per-trial", "2",
+        "--recipe", "tiny", "--set", "optim.lr=0.01", "--set", "data.crop=[8,16]",
+        "--mlflow", "sqlite:////tmp/m.db", "--no-promote", "--epochs", "3"])
+    cfg = config_from_args(args)
+    assert cfg.ratios == [0.1, 0.5, 1.0] and cfg.workers_per_trial == 2
+    assert cfg.recipe == "tiny" and cfg.train == {"optim.lr": 0.01, "data.crop": [8, 16]}
+    assert cfg.mlflow == "sqlite:////tmp/m.db" and not cfg.promote and cfg.epochs == 3
+    same = config_from_args(build_parser().parse_args(["--workers", "2", "--ratios", "1"]))
+    assert same.workers_per_trial == 2 and same.ratios == [1.0]
+
+
+def test_config_file_then_flags(tmp_path):
+    from tune.search import build_parser, config_from_args
+
+    f = tmp_path / "search.yaml"
+    f.write_text("trials: 7\ntrain:\n  optim.lr: 0.02\n  batch_size: 2\n")
+    cfg = config_from_args(build_parser().parse_args(["--config", str(f), "--set", "batch_size=3"]))
+    assert cfg.trials == 7 and cfg.train == {"optim.lr": 0.02, "batch_size": 3}
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["--ratios", "2"], "ratios must be in (0, 1]"),
+    (["--set", "optim.lr"], "--set expects KEY=VALUE"),
+    (["--set", "optim.lrr=1"], "'optim.lrr' is not a TrainConfig key"),
+    (["--recipe", "nope"], "unknown recipe 'nope'"),
+    (["--trials", "0"], "trials"),
+])
+def test_bad_input_exits_2_with_one_line_before_ray_starts(argv, match, capsys, tmp_path):
+    import ray
+
+    from tune.search import main
+
+    assert main([*argv, "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not ray.is_initialized()
+
+
+def test_space_typo_exits_2_naming_file_and_key(tmp_path, capsys):
+    from tune.search import main
+
+    path = _space(tmp_path, "params:\n  optim.lerning_rate: {type: float, low: 0.01, high: 0.1}\n")
+    assert main(["--space", path, "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert path in err and "optim.lerning_rate" in err
+    assert not (tmp_path / "w").exists()  # nothing made
+
+
+def test_fpn_command_line_bad_input_exits_2(capsys, tmp_path):
+    from fpn.__main__ import main
+
+    assert main(["finetune", "--data", str(tmp_path / "s.zarr"), "--epochs", "0"]) == 2
+    assert "epochs" in capsys.readouterr().err
+    assert main(["finetune", "--epochs", "2"]) == 2
+    assert "--data STORE is required" in capsys.readouterr().err
+    assert main(["finetune", "--data", "x", "--model-arg", "width"]) == 2
+    assert main(["demo"]) == 2 and "python -m tune.demo" in capsys.readouterr().err

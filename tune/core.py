@@ -1,0 +1,295 @@
+"""The orchestration core under both front-ends: the search (``tune/search.py``) and the paper
+table (``tune/experiments``).
+
+- :func:`plan_resources`: how many training runs fit the cluster at once, and the CPUs of each
+  Train worker (the driver resource and the per-run driver CPU are defined here, once).
+- :func:`driver_resources`: what each run's driver (a Tune trial or a Ray task) holds.
+- :func:`fpn.training.run_record.finished_run`: "is this run finished?" for local paths and
+  object stores alike (re-exported here).
+- :func:`evaluate_run`: a run's k-best ensemble on the test split -> per-visit records and test
+  metrics, logged on its MLflow run, cached, and (given a :class:`Registration`) registered.
+- :func:`make_synthetic_store`: the demo's synthetic store, made once.
+- :mod:`tune.results`: the results table and plot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fpn import tags as T
+from fpn.training.run_record import RunRecord, finished_run, read_run_record
+
+__all__ = [
+    "DRIVER_CPU",
+    "DRIVER_RESOURCE",
+    "Evaluation",
+    "Registration",
+    "ResourcePlan",
+    "RunRecord",
+    "cluster_capacity",
+    "driver_resources",
+    "evaluate_run",
+    "finished_run",
+    "make_synthetic_store",
+    "plan_resources",
+    "read_run_record",
+    "test_keys_sha",
+    "write_atomic",
+]
+
+#: CPU held by each run's driver (a Tune trial's function or a Ray task); its Train workers hold
+#: their own CPUs in their own placement group
+DRIVER_CPU = 0.05
+#: custom resource of the on-demand head in cluster.yaml (100 of it: up to 100 run drivers)
+DRIVER_RESOURCE = "fpn_driver"
+
+
+# -- resources ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """Runs at once and the CPUs (and torch threads) of each of their Train workers."""
+
+    concurrency: int
+    cpus_per_worker: float
+    threads_per_worker: int
+
+
+def plan_resources(cpus: float, gpus: float, *, workers: int, gpus_per_worker: float = 0.0,
+                   cpus_per_worker: float | None = None, max_concurrent: int | None = None,
+                   runs: int | None = None) -> ResourcePlan:
+    """Concurrent runs and CPUs per Train worker that fit ``cpus`` / ``gpus`` without deadlock.
+
+    Each run holds :data:`DRIVER_CPU` for its driver plus ``workers`` Train workers; runs beyond
+    what fits would hold a driver slot while their workers wait for CPUs that never come free,
+    so the concurrency is derived from the resources.
+
+    Args:
+        cpus, gpus: what the cluster has.
+        workers: Ray Train workers per run.
+        gpus_per_worker: GPUs of each worker (0 on CPU).
+        cpus_per_worker: fixed CPUs per worker; None shares the CPUs among the concurrent runs.
+        max_concurrent: at most this many runs at once.
+        runs: how many runs there are at most (no more concurrency than that).
+
+    Raises:
+        ValueError: one run does not fit (the message says what it needs and what there is).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if gpus_per_worker > 0:
+        if gpus < workers * gpus_per_worker:
+            raise ValueError(f"a run needs {workers * gpus_per_worker:g} GPUs; the cluster has "
+                             f"{gpus:g}")
+        fit = int(gpus // (workers * gpus_per_worker))
+    else:
+        fit = max(1, int(cpus // workers))
+    conc = max(1, min(max_concurrent or fit, fit, runs or fit))
+    cpw = cpus_per_worker or max(0.05, (cpus / conc - DRIVER_CPU) / workers)
+    while conc > 1 and conc * (DRIVER_CPU + workers * cpw) > cpus + 1e-9:
+        conc -= 1
+    if DRIVER_CPU + workers * cpw > cpus + 1e-9:
+        raise ValueError(f"a run needs {DRIVER_CPU + workers * cpw:g} CPUs; the cluster has "
+                         f"{cpus:g}")
+    return ResourcePlan(conc, round(cpw, 3), max(1, int(cpw)))
+
+
+def cluster_capacity() -> tuple[float, float]:
+    """``(CPUs, GPUs)`` of the Ray cluster this process is connected to."""
+    import ray
+
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 1)), float(res.get("GPU", 0))
+
+
+def driver_resources() -> dict[str, float]:
+    """What each run's driver holds: :data:`DRIVER_CPU`, and one :data:`DRIVER_RESOURCE` when
+    the cluster has it (cluster.yaml puts it on the on-demand head only: drivers never land on
+    spot nodes, where a preemption would take the run's bookkeeping with it)."""
+    import ray
+
+    bundle = {"CPU": DRIVER_CPU}
+    if ray.cluster_resources().get(DRIVER_RESOURCE):
+        bundle[DRIVER_RESOURCE] = 1.0
+    return bundle
+
+
+# -- the demo's data ------------------------------------------------------------------------------
+
+def make_synthetic_store(folder: str | Path, *, shape: tuple[int, int, int], visits: int,
+                         patients: int = 12, unlabelled: int = 4, seed: int = 0,
+                         num_cpus: int | None = None, log: Callable[[str], None] = print) -> str:
+    """``FOLDER/source`` (a synthetic source) and ``FOLDER/store.zarr``, each made only when
+    missing or incomplete; returns the store's path."""
+    from data_prep.convert import convert
+    from data_prep.synthetic import make_synthetic_dataset
+    from fpn.data.store import StoreError, open_store
+
+    folder = Path(folder)
+    source, store = folder / "source", folder / "store.zarr"
+    try:
+        opened = open_store(str(store))
+        if opened.visits and opened.conversion.get("complete", False):
+            return str(store)
+    except (StoreError, ValueError, FileNotFoundError, OSError):
+        pass
+    if not (source / "split.json").is_file():
+        log(f"making a synthetic data set in {source}")
+        make_synthetic_dataset(source, patients=patients, unlabelled=unlabelled, shape=shape,
+                               visits=visits, seed=seed, overwrite=True)
+    log(f"converting it to the store {store}")
+    stats = convert(str(source), str(store), progress=False, num_cpus=num_cpus)
+    if not stats.ok:
+        raise ValueError(f"{source}: conversion failed: {stats.summary_line()}")
+    return str(store)
+
+
+# -- a run's test evaluation ---------------------------------------------------------------------
+
+def test_keys_sha(keys: list[str]) -> str:
+    """A short digest of the test visits' keys: which test set a number was measured on."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Registration:
+    """Register the evaluated run as a version of ``name``.
+
+    ``tags`` are added to the version's own (test and validation Dice, store, run, revision);
+    ``card`` makes the version's description (model card) from all its tags and the evaluation.
+    """
+
+    name: str
+    tags: dict[str, str] = field(default_factory=dict)
+    card: Callable[[dict[str, str], Evaluation], str] | None = None
+
+
+@dataclass
+class Evaluation:
+    """A run's k-best ensemble on the test split."""
+
+    mlflow_run_id: str
+    records: list[dict[str, Any]]  #: one per test visit, with ``area_error_mm2``
+    summary: dict[str, Any]  #: visits, members, <metric>_mean / _std, store_fingerprint, csv
+    test_keys_sha: str
+    model_version: str | None = None
+
+    @property
+    def dice_mean(self) -> float:
+        return float(self.summary.get("dice_mean", math.nan))
+
+
+def evaluate_run(record: RunRecord, store: Any, *, tracking_uri: str, out_dir: str | Path,
+                 registration: Registration | None = None, log: Callable[[str], None] = print,
+                 ) -> Evaluation:
+    """Evaluate a finished run's k-best ensemble on the store's test split, once.
+
+    Writes ``OUT_DIR/eval_test.csv`` (per visit) and ``OUT_DIR/evaluation.json`` (the cache: a
+    later call for the same MLflow run reads it instead of evaluating again); logs ``test/*``
+    metrics, the CSV and the store's fingerprint on the run's MLflow run; with ``registration``
+    registers the run's logged model (found again, not duplicated, on a re-run).
+    """
+    out = Path(out_dir)
+    cache = out / "evaluation.json"
+    evaluation = _cached(cache, record.mlflow_run_id)
+    if evaluation is None:
+        evaluation = _evaluate(record, store, tracking_uri, out)
+        write_atomic(cache, json.dumps({"mlflow_run_id": record.mlflow_run_id,
+                                        "records": evaluation.records,
+                                        "summary": evaluation.summary,
+                                        "test_keys_sha": evaluation.test_keys_sha}, default=str))
+    if registration is not None:
+        evaluation.model_version = _register(record, store, evaluation, tracking_uri,
+                                             registration, log)
+    return evaluation
+
+
+def _cached(path: Path, run_id: str) -> Evaluation | None:
+    if not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if cached.get("mlflow_run_id") != run_id or "summary" not in cached:
+        return None
+    return Evaluation(run_id, cached["records"], cached["summary"], cached["test_keys_sha"])
+
+
+def _evaluate(record: RunRecord, store: Any, uri: str, out: Path) -> Evaluation:
+    import csv
+
+    from mlflow.entities import Metric
+
+    from fpn.evaluation import evaluate_ensemble
+    from fpn.inference import load_ensemble
+    from fpn.tracking import RunLogger, client_for
+
+    keys = [v.key for v in store.visits_for(splits="test", require="mask")]
+    if not keys:
+        raise ValueError(f"{store.location}: no 'test' visits with a mask")
+    ensemble = load_ensemble(record.run_dir, uri)
+    metrics = evaluate_ensemble(ensemble, store, keys)
+    records = [{**r, "area_error_mm2": abs(r["area_pred_mm2"] - r["area_true_mm2"])}
+               for r in metrics.records]
+    agg = metrics.aggregate()
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "eval_test.csv"
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(records[0]), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(records)
+    os.replace(tmp, csv_path)
+    summary = {"split": "test", "members": len(ensemble), "store_fingerprint": store.fingerprint,
+               **agg, "csv": str(csv_path)}
+    now = int(time.time() * 1000)
+    client_for(uri).log_batch(record.mlflow_run_id, metrics=[
+        Metric(f"test/{k}", float(v), now, 0) for k, v in agg.items() if math.isfinite(v)])
+    logger = RunLogger(uri, record.mlflow_run_id)
+    logger.set_tags({T.split_store_fingerprint("test"): store.fingerprint})
+    logger.log_file(csv_path, "evaluation")
+    return Evaluation(record.mlflow_run_id, records, summary, test_keys_sha(keys))
+
+
+def _register(record: RunRecord, store: Any, evaluation: Evaluation, uri: str,
+              registration: Registration, log: Callable[[str], None]) -> str | None:
+    from fpn.registry import register_version
+    from fpn.tracking import RunLogger, git_revision
+
+    if not record.model_uri:
+        log(f"{record.run_name}: the run logged no model; nothing to register")
+        return None
+    s = evaluation.summary
+    tags = {
+        "val_dice": f"{record.best_score:.6f}",
+        "test_dice": f"{float(s.get('dice_mean', math.nan)):.6f}",
+        "test_dice_std": f"{float(s.get('dice_std', math.nan)):.6f}",
+        "store_fingerprint": store.fingerprint, "test_split": "test",
+        "test_keys_sha": evaluation.test_keys_sha, "git_revision": git_revision(),
+        "mlflow_run_id": record.mlflow_run_id, **registration.tags,
+    }
+    card = registration.card(tags, evaluation) if registration.card else ""
+    if card:
+        RunLogger(uri, record.mlflow_run_id).log_text(card, "model_card.md")
+    mv = register_version(uri, registration.name, record.model_uri, record.mlflow_run_id,
+                          tags=tags, description=card)
+    log(f"{record.run_name}: registered {registration.name} version {mv.version}")
+    return str(mv.version)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a whole local file: to a temporary name, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
