@@ -1,0 +1,4 @@
+"""placeholder"""
+DEFAULT_PRESET = "easy"
+PRESETS = {}
+class PhantomPreset: pass
