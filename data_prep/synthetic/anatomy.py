@@ -7,7 +7,7 @@ multifocal geographic-atrophy (GA) field); :mod:`render` draws a visit of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -20,14 +20,15 @@ from data_prep.synthetic.grid import (
     _sigmoid,
     _SmoothField,
 )
+from data_prep.synthetic.presets import DEFAULT_PRESET, PhantomPreset, resolve_preset
 from data_prep.synthetic.vessels import _nearest_vessel, _vessel_segments
 
 __all__ = ["EyeAnatomy", "make_eye_anatomy"]
 
 # --- lesions and drusen -----------------------------------------------------------------------
 
-def _lesion_field(rng: np.random.Generator, x: np.ndarray, y: np.ndarray
-                  ) -> tuple[np.ndarray, float, float]:
+def _lesion_field(rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
+                  preset: PhantomPreset) -> tuple[np.ndarray, float, float]:
     """A multifocal GA field: the lesion at a visit is ``field >= threshold(day)``.
 
     Each focus is a perturbed ellipse (``1 - normalised radius``); later foci start lower, so
@@ -36,17 +37,19 @@ def _lesion_field(rng: np.random.Generator, x: np.ndarray, y: np.ndarray
 
     Args:
         x, y: ``(S, W)`` eye-local mm.
+        preset: the number of foci and their size.
 
     Returns:
         ``(field (S, W) float32, threshold at day 0, threshold drop per year)``.
     """
     field = np.full(x.shape, -np.inf)
-    for k in range(rng.choice([1, 2, 3, 4], p=[0.35, 0.3, 0.2, 0.15])):
+    for k in range(rng.choice(list(preset.foci_choices), p=list(preset.foci_p))):
         if k == 0:
             centre_r, a = rng.uniform(0.0, 1.0), rng.uniform(0.6, 1.6)
         else:
             centre_r, a = rng.uniform(0.5, 2.2), rng.uniform(0.3, 1.0)
         angle, tilt = rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
+        a = a * preset.lesion_size
         b = a * rng.uniform(0.55, 1.0)
         dx, dy = x - centre_r * np.cos(angle), y - centre_r * np.sin(angle)
         u = (dx * np.cos(tilt) + dy * np.sin(tilt)) / a
@@ -121,6 +124,19 @@ class EyeAnatomy:
         faf_background, slo_background: en-face images of the eye without GA, in ``[0, 1]``.
         rim_texture, lesion_texture: smooth fields (about N(0, 1)) for the FAF junctional rim
             and the choroidal pattern seen through the lesion on SLO.
+        preset: the difficulty preset it was drawn with (its per-visit knobs apply when
+            rendering).
+        rpe_loss: completeness of the RPE loss in GA on OCT (1: complete).
+        faf_residual: GA autofluorescence as a fraction of the background (``None``: the easy
+            phantom's near-black lesion).
+        slo_strength: fraction of the easy phantom's SLO brightening in GA.
+        rim_strength: amplitude of the FAF junctional rim.
+        faf_confounder: hypo-autofluorescent patches (fraction of the FAF blocked), normal on
+            OCT; ``None`` when there are none.
+        oct_confounder: RPE-attenuation patches in ``[0, 1]`` (hypertransmission on OCT, intact
+            ellipsoid zone, normal FAF); ``None`` when there are none.
+        outline_offset_mm: how far out of the lesion (mm, negative: inside) the grader draws the
+            outline, per pixel; ``None``: the mask is the rendered lesion.
     """
 
     grid: PhantomGrid
@@ -140,6 +156,14 @@ class EyeAnatomy:
     slo_background: np.ndarray
     rim_texture: np.ndarray
     lesion_texture: np.ndarray
+    preset: PhantomPreset = field(default_factory=lambda: resolve_preset("easy"))
+    rpe_loss: float = 1.0
+    faf_residual: float | None = None
+    slo_strength: float = 1.0
+    rim_strength: float = 0.28
+    faf_confounder: np.ndarray | None = None
+    oct_confounder: np.ndarray | None = None
+    outline_offset_mm: np.ndarray | None = None
 
     def lesion_threshold(self, day: int) -> float:
         """The GA threshold at ``day``; it only decreases, so lesions only grow."""
@@ -183,9 +207,10 @@ def _layer_thickness(rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
     return {name: t.astype(np.float32) for name, t in thickness.items()}
 
 
-def _choroid(rng: np.random.Generator, grid: PhantomGrid, x: np.ndarray, y: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Choroid below BM: mottled stroma with dark vessel lumens, then sclera.
+def _choroid(rng: np.random.Generator, grid: PhantomGrid, x: np.ndarray, y: np.ndarray,
+             level: float = 0.50) -> tuple[np.ndarray, np.ndarray]:
+    """Choroid below BM: mottled stroma (mean reflectivity ``level``) with dark vessel lumens,
+    then sclera.
 
     Returns:
         ``(reflectivity (S, D, W) float32, zero above BM; thickness (S, W) float32 mm)``.
@@ -198,7 +223,7 @@ def _choroid(rng: np.random.Generator, grid: PhantomGrid, x: np.ndarray, y: np.n
     texture = ndimage.gaussian_filter(noise, sigma=(0.05 / s_mm, 0.018 / d_mm, 0.05 / w_mm))
     texture /= texture.std() + 1e-6
     h = grid.height_mm()[top:][None, :, None]
-    choroid = np.clip(0.50 + 0.17 * texture, 0.08, 0.85)
+    choroid = np.clip(level + 0.17 * texture, 0.08, 0.85)
     choroid = np.where(h > -0.012, 0.62, choroid)  # choriocapillaris
     sclera = 0.30 + 0.04 * texture
     reflectivity = np.zeros(grid.shape, np.float32)
@@ -206,8 +231,29 @@ def _choroid(rng: np.random.Generator, grid: PhantomGrid, x: np.ndarray, y: np.n
     return reflectivity, thickness
 
 
+def _patches(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, count: int,
+             radius_mm: tuple[float, float]) -> np.ndarray:
+    """``count`` soft-edged, roughly elliptical patches anywhere in the scan: ``(S, W)`` in [0, 1].
+
+    Args:
+        x, y: ``(S, W)`` eye-local mm.
+        radius_mm: range of the patches' mean radius.
+    """
+    out = np.zeros(x.shape)
+    for _ in range(count):
+        cx, cy = rng.uniform(-2.6, 2.6, size=2)
+        a = rng.uniform(*radius_mm)
+        b, tilt = a * rng.uniform(0.5, 1.0), rng.uniform(0, np.pi)
+        dx, dy = x - cx, y - cy
+        u = (dx * np.cos(tilt) + dy * np.sin(tilt)) / a
+        v = (-dx * np.sin(tilt) + dy * np.cos(tilt)) / b
+        out = np.maximum(out, _sigmoid((1.0 - np.hypot(u, v)) / 0.15))
+    return out.astype(np.float32)
+
+
 def make_eye_anatomy(rng: np.random.Generator, grid: PhantomGrid, eye: str = "OD",
-                     rpd: bool = False) -> EyeAnatomy:
+                     rpd: bool = False, preset: str | PhantomPreset = DEFAULT_PRESET
+                     ) -> EyeAnatomy:
     """Draw one eye's fixed anatomy.
 
     Args:
@@ -215,12 +261,15 @@ def make_eye_anatomy(rng: np.random.Generator, grid: PhantomGrid, eye: str = "OD
         grid: sampling grid, ``(S, D, W)``.
         eye: ``"OD"`` or ``"OS"``; mirrors the anatomy so the disc is nasal.
         rpd: add reticular pseudodrusen (phenotype ``"GA+RPD"``).
+        preset: ``"easy"``, ``"hard"`` or a :class:`PhantomPreset`; ``"easy"`` draws exactly the
+            original phantom's eye from the same ``rng`` state.
 
     Returns:
         The :class:`EyeAnatomy`.
     """
     if eye not in ("OD", "OS"):
         raise ValueError(f"eye must be 'OD' or 'OS', got {eye!r}")
+    preset = resolve_preset(preset)
     image_x, image_y = grid.enface_mm()
     fovea = rng.normal(0.0, 0.2, size=2)
     mirror = 1.0 if eye == "OD" else -1.0
@@ -231,8 +280,9 @@ def make_eye_anatomy(rng: np.random.Generator, grid: PhantomGrid, eye: str = "OD
     vessel_profile = np.exp(-(offset / radius) ** 2)
     rpd_height = _rpd_heights(rng, x, y) if rpd else np.zeros(x.shape, np.float32)
     thickness = _layer_thickness(rng, x, y, rpd_height)
-    lesion_field, threshold0, growth = _lesion_field(rng, x, y)
-    choroid, choroid_thickness = _choroid(rng, grid, x, y)
+    lesion_field, threshold0, growth = _lesion_field(rng, x, y, preset)
+    level = 0.50 if preset.choroid_level is None else rng.uniform(*preset.choroid_level)
+    choroid, choroid_thickness = _choroid(rng, grid, x, y, level)
 
     r = np.hypot(x, y)
     vignette = 1.0 - 0.2 * ((image_x / 3.0) ** 2 + (image_y / 3.0) ** 2)
@@ -243,7 +293,9 @@ def make_eye_anatomy(rng: np.random.Generator, grid: PhantomGrid, eye: str = "OD
     slo = (0.45 * (1.0 - 0.15 * np.exp(-(r / 0.5) ** 2))
            * vignette * (1.0 + 0.08 * _SmoothField(rng, 0.5)(x, y))
            * (1.0 - 0.4 * vessel_profile) * (1.0 - 0.35 * rpd_dots))
-    return EyeAnatomy(
+    rim_texture = _SmoothField(rng, 0.3)(x, y).astype(np.float32)
+    lesion_texture = _SmoothField(rng, 0.15)(x, y).astype(np.float32)
+    anatomy = EyeAnatomy(
         grid=grid, eye=eye, phenotype="GA+RPD" if rpd else "GA", thickness_mm=thickness,
         vessel_profile=vessel_profile.astype(np.float32),
         vessel_offset_mm=offset.astype(np.float32), vessel_radius_mm=radius.astype(np.float32),
@@ -251,6 +303,32 @@ def make_eye_anatomy(rng: np.random.Generator, grid: PhantomGrid, eye: str = "OD
         lesion_growth_per_year=growth, choroid_reflectivity=choroid,
         choroid_thickness_mm=choroid_thickness,
         faf_background=faf.astype(np.float32), slo_background=slo.astype(np.float32),
-        rim_texture=_SmoothField(rng, 0.3)(x, y).astype(np.float32),
-        lesion_texture=_SmoothField(rng, 0.15)(x, y).astype(np.float32))
+        rim_texture=rim_texture, lesion_texture=lesion_texture, preset=preset)
+    if preset.name != "easy":  # the easy phantom draws nothing more (same eyes as before)
+        _draw_style(rng, anatomy, x, y)
+    return anatomy
 
+
+def _draw_style(rng: np.random.Generator, anatomy: EyeAnatomy, x: np.ndarray, y: np.ndarray
+                ) -> None:
+    """Draw the preset's per-eye variability, confounders and grader's habit into ``anatomy``."""
+    preset = anatomy.preset
+    anatomy.rpe_loss = float(rng.uniform(*preset.rpe_loss))
+    if preset.faf_residual is not None:
+        anatomy.faf_residual = float(rng.uniform(*preset.faf_residual))
+    anatomy.slo_strength = float(rng.uniform(*preset.slo_strength))
+    anatomy.rim_strength = float(rng.uniform(*preset.rim))
+    if preset.faf_patches[1] > 0:
+        count = int(rng.integers(preset.faf_patches[0], preset.faf_patches[1] + 1))
+        depth = rng.uniform(0.4, 0.7)  # as dark as a GA lesion with residual autofluorescence
+        anatomy.faf_confounder = (depth * _patches(rng, x, y, count, (0.08, 0.35))
+                                  ).astype(np.float32)
+    if preset.oct_patches[1] > 0:
+        count = int(rng.integers(preset.oct_patches[0], preset.oct_patches[1] + 1))
+        anatomy.oct_confounder = (rng.uniform(0.5, 0.8)
+                                  * _patches(rng, x, y, count, (0.1, 0.35))).astype(np.float32)
+    if preset.graded:
+        bias = rng.uniform(*preset.outline_bias_mm)
+        jitter = _SmoothField(rng, 0.3)(x, y)
+        anatomy.outline_offset_mm = (bias + preset.outline_jitter_mm * np.clip(jitter, -2, 2)
+                                     ).astype(np.float32)

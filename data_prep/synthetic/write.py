@@ -15,6 +15,7 @@ from PIL import Image
 
 from data_prep.synthetic.anatomy import make_eye_anatomy
 from data_prep.synthetic.grid import MIN_SHAPE, SIZES, PhantomGrid
+from data_prep.synthetic.presets import DEFAULT_PRESET, PhantomPreset, resolve_preset
 from data_prep.synthetic.render import render_visit
 
 __all__ = ["SynthSummary", "make_synthetic_dataset"]
@@ -33,6 +34,9 @@ class SynthSummary:
         lesion_visits: labelled visits whose mask is not empty.
         mean_lesion_fraction: mean fraction of en-face pixels in GA over labelled visits.
         split: ``{"train", "val", "test"}`` patient ids (labelled patients only).
+        preset: the difficulty preset's name (``"easy"`` or ``"hard"``).
+        mean_truth_dice: mean Dice between the written masks (the grader's outline) and the
+            rendered lesions over labelled visits with either non-empty (1.0 for ``easy``).
     """
 
     root: Path
@@ -48,6 +52,8 @@ class SynthSummary:
     lesion_visits: int
     mean_lesion_fraction: float
     split: dict[str, list[str]]
+    preset: str = DEFAULT_PRESET
+    mean_truth_dice: float = 1.0
 
     def format(self) -> str:
         """A few human-readable lines."""
@@ -61,6 +67,8 @@ class SynthSummary:
              f"{self.lesion_visits} with GA)"),
             f"  volume {self.shape} (S, D, W), spacing {spacing} mm",
             f"  mean lesion fraction {self.mean_lesion_fraction:.3f}",
+            (f"  phantom {self.preset}; written masks vs rendered lesions: mean Dice "
+             f"{self.mean_truth_dice:.3f}"),
         ])
 
 
@@ -107,18 +115,25 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(image)).save(path, format="PNG")
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
 def _write_dataset(root: Path, grid: PhantomGrid, plans: list[_PatientPlan],
-                   split: dict[str, list[str]], seed: int) -> SynthSummary:
+                   split: dict[str, list[str]], seed: int, preset: PhantomPreset
+                   ) -> SynthSummary:
     data_info: dict[str, list[dict[str, str]]] = {}
     spacing = np.asarray(grid.spacing_mm, dtype=np.float64)
     eyes = visits = labelled_visits = lesion_visits = 0
     lesion_fractions: list[float] = []
+    truth_dice: list[float] = []
     for plan in plans:
         rng = np.random.default_rng([seed, 1, plan.index])  # independent of other patients
         entries: list[dict[str, str]] = []
         for eye in plan.eyes:
             eyes += 1
-            anatomy = make_eye_anatomy(rng, grid, eye=eye, rpd=plan.rpd)
+            anatomy = make_eye_anatomy(rng, grid, eye=eye, rpd=plan.rpd, preset=preset)
             for day in plan.days:
                 file_set = f"{len(entries) + 1:02d}"
                 entries.append({"FileSetId": file_set, "Position": eye, "DayInStudy": str(day),
@@ -133,11 +148,13 @@ def _write_dataset(root: Path, grid: PhantomGrid, plans: list[_PatientPlan],
                 _save_png(images / f"bscan_size.slo.{file_set}.png", visit.slo)
                 visits += 1
                 if plan.labelled:
-                    mask = np.where(visit.lesion, 255, 0).astype(np.uint8)
+                    mask = np.where(visit.outline, 255, 0).astype(np.uint8)
                     _save_png(images / f"bscan_size.mask_faf.{file_set}.png", mask)
                     labelled_visits += 1
-                    lesion_visits += int(visit.lesion.any())
-                    lesion_fractions.append(float(visit.lesion.mean()))
+                    lesion_visits += int(visit.outline.any())
+                    lesion_fractions.append(float(visit.outline.mean()))
+                    if visit.outline.any() or visit.lesion.any():
+                        truth_dice.append(_dice(visit.outline, visit.lesion))
         data_info[plan.patient_id] = entries
     (root / "data_info.json").write_text(json.dumps(data_info, indent=2) + "\n", encoding="utf-8")
     (root / "split.json").write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")
@@ -148,7 +165,8 @@ def _write_dataset(root: Path, grid: PhantomGrid, plans: list[_PatientPlan],
         rpd_patients=sum(p.rpd for p in plans), eyes=eyes, visits=visits,
         labelled_visits=labelled_visits, lesion_visits=lesion_visits,
         mean_lesion_fraction=float(np.mean(lesion_fractions)) if lesion_fractions else 0.0,
-        split=split)
+        split=split, preset=preset.name,
+        mean_truth_dice=float(np.mean(truth_dice)) if truth_dice else 1.0)
 
 
 def _check_arguments(patients: int, unlabelled: int, shape: tuple[int, int, int], visits: int,
@@ -167,7 +185,8 @@ def _check_arguments(patients: int, unlabelled: int, shape: tuple[int, int, int]
 def make_synthetic_dataset(out: Path | str, patients: int = 12, unlabelled: int = 4,
                            shape: tuple[int, int, int] = SIZES["small"], visits: int = 3,
                            seed: int = 0, rpd_fraction: float = 0.25,
-                           overwrite: bool = False) -> SynthSummary:
+                           overwrite: bool = False,
+                           preset: str | PhantomPreset = DEFAULT_PRESET) -> SynthSummary:
     """Write a synthetic GA dataset in the reference layout.
 
     The whole tree is written to a temporary sibling folder and renamed to ``out`` at the end,
@@ -183,6 +202,10 @@ def make_synthetic_dataset(out: Path | str, patients: int = 12, unlabelled: int 
         seed: seed of everything.
         rpd_fraction: probability that a patient's eyes also have reticular pseudodrusen.
         overwrite: replace a non-empty ``out``.
+        preset: how hard the phantom is: ``"hard"`` (default: more speckle and variability,
+            small faint lesions, single-modality confounders, masks drawn by an imperfect
+            grader) or ``"easy"`` (the original phantom, byte for byte); see
+            :mod:`data_prep.synthetic.presets`.
 
     ``data_info.json`` entries carry an extra key ``"Phenotype"`` (``"GA"`` or ``"GA+RPD"``);
     unlabelled patients are listed there but in no part of ``split.json`` and have no masks.
@@ -192,11 +215,12 @@ def make_synthetic_dataset(out: Path | str, patients: int = 12, unlabelled: int 
 
     Raises:
         FileExistsError: ``out`` exists, is not an empty folder, and ``overwrite`` is false.
-        ValueError: bad counts, shape or fraction.
+        ValueError: bad counts, shape, fraction or preset.
     """
     out = Path(out)
     shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
     _check_arguments(patients, unlabelled, shape, visits, rpd_fraction)
+    preset = resolve_preset(preset)
     occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
     if occupied and not overwrite:
         what = "is not a folder" if not out.is_dir() else "is not empty"
@@ -207,7 +231,7 @@ def make_synthetic_dataset(out: Path | str, patients: int = 12, unlabelled: int 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        summary = _write_dataset(staging, grid, plans, split, seed)
+        summary = _write_dataset(staging, grid, plans, split, seed, preset)
         if out.exists() or out.is_symlink():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / "old")
