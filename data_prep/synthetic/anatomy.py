@@ -326,7 +326,7 @@ def _draw_style(rng: np.random.Generator, anatomy: EyeAnatomy, x: np.ndarray, y:
     if preset.oct_patches[1] > 0:
         count = int(rng.integers(preset.oct_patches[0], preset.oct_patches[1] + 1))
         anatomy.oct_confounder = (rng.uniform(0.5, 0.8)
-                                  * _patches(rng, x, y, count, (0.1, 0.35))).astype(np.float32)
+                                  * _patches(rng, x, y, count, (0.15, 0.5))).astype(np.float32)
     if preset.graded:
         bias = rng.uniform(*preset.outline_bias_mm)
         jitter = _SmoothField(rng, 0.3)(x, y)

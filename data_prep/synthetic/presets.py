@@ -106,7 +106,7 @@ PRESETS: dict[str, PhantomPreset] = {
         media_opacity=0.5,
         faf_patches=(1, 4), floaters=1.0,
         oct_patches=(1, 4),
-        outline_bias_mm=(0.0, 0.06), outline_jitter_mm=0.03, outline_smoothing_mm=0.05,
+        outline_bias_mm=(0.02, 0.1), outline_jitter_mm=0.04, outline_smoothing_mm=0.05,
         min_focus_mm2=0.03,
     ),
 }
