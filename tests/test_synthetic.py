@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from scipy import ndimage
 
 from data_prep.synthetic import (
@@ -318,7 +317,10 @@ def test_easy_preset_writes_the_same_bytes_as_the_phantom_before_the_split(tmp_p
     before.make_synthetic_dataset(tmp_path / "before", **kwargs)
     make_synthetic_dataset(tmp_path / "easy", preset="easy", **kwargs)
     expected, got = _tree_digest(tmp_path / "before"), _tree_digest(tmp_path / "easy")
+    assert got.pop("phantom.json")  # the one file the phantom before the split did not write
     assert len(expected) > 10 and got == expected
+    recipe = json.loads((tmp_path / "easy" / "phantom.json").read_text())
+    assert recipe["preset"] == "easy" and recipe["seed"] == 3 and recipe["shape"] == [4, 32, 24]
 
 
 def test_default_preset_is_hard_and_unknown_presets_are_refused(tmp_path, capsys):
@@ -347,7 +349,7 @@ def _foci_areas_mm2(root: Path) -> list[float]:
     """Areas of the connected lesion foci of every labelled visit's mask."""
     areas = []
     for _, _, _, mask, spacing in _labelled_visits(root):
-        labels, count = ndimage.label(mask)
+        labels, _ = ndimage.label(mask)
         areas += list(np.bincount(labels.ravel())[1:] * spacing[0] * spacing[2])
     return areas
 

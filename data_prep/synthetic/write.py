@@ -207,7 +207,8 @@ def make_synthetic_dataset(out: Path | str, patients: int = 12, unlabelled: int 
             grader) or ``"easy"`` (the original phantom, byte for byte); see
             :mod:`data_prep.synthetic.presets`.
 
-    ``data_info.json`` entries carry an extra key ``"Phenotype"`` (``"GA"`` or ``"GA+RPD"``);
+    ``phantom.json`` records the arguments and the preset's parameters (the reference layout
+    readers ignore it). ``data_info.json`` entries carry an extra key ``"Phenotype"`` (``"GA"`` or ``"GA+RPD"``);
     unlabelled patients are listed there but in no part of ``split.json`` and have no masks.
 
     Returns:
@@ -232,6 +233,12 @@ def make_synthetic_dataset(out: Path | str, patients: int = 12, unlabelled: int 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         summary = _write_dataset(staging, grid, plans, split, seed, preset)
+        recipe = {"generator": "data_prep.synthetic", "preset": preset.name,
+                  "preset_parameters": dataclasses.asdict(preset), "patients": patients,
+                  "unlabelled": unlabelled, "shape": list(shape), "visits": visits, "seed": seed,
+                  "rpd_fraction": rpd_fraction}
+        (staging / "phantom.json").write_text(json.dumps(recipe, indent=2) + "\n",
+                                              encoding="utf-8")
         if out.exists() or out.is_symlink():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / "old")
