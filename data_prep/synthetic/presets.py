@@ -95,7 +95,7 @@ PRESETS: dict[str, PhantomPreset] = {
     "hard": PhantomPreset(
         name="hard",
         foci_choices=(1, 2, 3, 4, 5), foci_p=(0.2, 0.25, 0.25, 0.15, 0.15),
-        lesion_size=0.5,
+        lesion_size=0.7,
         rpe_loss=(0.6, 0.95),
         faf_residual=(0.25, 0.5),
         slo_strength=(0.3, 0.7),
