@@ -362,7 +362,8 @@ def test_hard_lesions_are_smaller_and_fainter(easy_and_hard):
     def faf_contrast(root: Path) -> float:
         inside, outside = [], []
         for _, faf, _, mask, _ in _labelled_visits(root):
-            inside.append(faf[ndimage.binary_erosion(mask, np.ones((1, 3)))]), outside.append(faf[~_grow(mask)])
+            inside.append(faf[ndimage.binary_erosion(mask, np.ones((1, 3)))])
+            outside.append(faf[~_grow(mask)])
         return float(np.concatenate(inside).mean() / np.concatenate(outside).mean())
 
     # fainter, yet still dark: inverted FAF still marks GA
@@ -407,7 +408,7 @@ def test_hard_confounders_look_like_ga_on_one_modality_only():
             "oct_only": (anatomy.oct_confounder > 0.4) & (anatomy.faf_confounder < 0.01) & quiet,
             "neither": (anatomy.oct_confounder < 0.01) & (anatomy.faf_confounder < 0.01) & quiet}
         for name, pixels in where.items():
-            faf_values[name].append(visit.faf[pixels].astype(float) / visit.faf[where["neither"]].mean())
+            faf_values[name].append(visit.faf[pixels] / visit.faf[where["neither"]].mean())
             choroid_values[name].append(choroid[pixels] / choroid[where["neither"]].mean())
     faf = {k: np.concatenate(v) for k, v in faf_values.items()}
     oct_ = {k: np.concatenate(v) for k, v in choroid_values.items()}
@@ -459,7 +460,8 @@ def test_hard_mask_is_a_grader_outline_within_a_bounded_distance_of_the_truth():
                 # or in a focus too small to draw
                 labels, count = ndimage.label(truth)
                 area = np.bincount(labels.ravel(), minlength=count + 1) * s_mm * w_mm
-                drawable = truth & (area >= preset.min_focus_mm2 + 2 * bound * (s_mm + w_mm))[labels]
+                big_enough = area >= preset.min_focus_mm2 + 2 * bound * (s_mm + w_mm)
+                drawable = truth & big_enough[labels]
                 if outline.any():
                     to_outline = ndimage.distance_transform_edt(~outline, sampling=(s_mm, w_mm))
                     assert to_outline[drawable].max(initial=0.0) <= bound + s_mm

@@ -132,7 +132,8 @@ def _render_oct(anatomy: EyeAnatomy, lesion: np.ndarray, ez_loss: np.ndarray,
     linear = refl * refl * np.exp(-optical_depth)
     n_s, _, n_w = grid.shape
     x = np.linspace(-1.0, 1.0, n_w, dtype=np.float32)
-    gain = (rng.uniform(*preset.gain) * rng.lognormal(0.0, preset.bscan_gain_sigma, size=(n_s, 1, 1))
+    gain = (rng.uniform(*preset.gain)
+            * rng.lognormal(0.0, preset.bscan_gain_sigma, size=(n_s, 1, 1))
             * (1.0 - 0.2 * x * x)[None, None, :]).astype(np.float32)
     if signal != 1.0:
         gain = gain * np.float32(signal)

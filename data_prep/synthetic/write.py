@@ -1,4 +1,4 @@
-"""The data set on disk: who is labelled, the split, and the reference layout, written atomically."""
+"""The data set on disk: who is labelled, the split, the reference layout, written atomically."""
 
 from __future__ import annotations
 
@@ -208,8 +208,9 @@ def make_synthetic_dataset(out: Path | str, patients: int = 12, unlabelled: int 
             :mod:`data_prep.synthetic.presets`.
 
     ``phantom.json`` records the arguments and the preset's parameters (the reference layout
-    readers ignore it). ``data_info.json`` entries carry an extra key ``"Phenotype"`` (``"GA"`` or ``"GA+RPD"``);
-    unlabelled patients are listed there but in no part of ``split.json`` and have no masks.
+    readers ignore it). ``data_info.json`` entries carry an extra key ``"Phenotype"`` (``"GA"``
+    or ``"GA+RPD"``); unlabelled patients are listed there but in no part of ``split.json``
+    and have no masks.
 
     Returns:
         A :class:`SynthSummary`.
