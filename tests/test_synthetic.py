@@ -1,18 +1,25 @@
-"""The synthetic phantom: reference layout, determinism, and the imaging physics it claims."""
+"""The synthetic phantom: reference layout, determinism, the imaging physics it claims, the easy
+preset's identity with the phantom before the split, and the hard preset's difficulty."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from data_prep.synthetic import (
+    DEFAULT_PRESET,
     FIELD_OF_VIEW_MM,
+    PRESETS,
     PhantomGrid,
     SynthSummary,
     make_eye_anatomy,
@@ -22,14 +29,26 @@ from data_prep.synthetic import (
 )
 
 SHAPE = (8, 64, 48)  # (S, D, W)
+#: the last commit of the single-module phantom: the easy preset must reproduce it
+BEFORE_SPLIT = "a3bd67c5f87a6497da169b2c516db0a65300dd61"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _make(root: Path, preset: str) -> SynthSummary:
+    return make_synthetic_dataset(root, patients=6, unlabelled=2, shape=SHAPE, visits=3,
+                                  seed=11, rpd_fraction=0.5, preset=preset)
+
+
+@pytest.fixture(scope="module", params=["easy", "hard"])
+def dataset(request, tmp_path_factory) -> tuple[Path, SynthSummary]:
+    out = tmp_path_factory.mktemp(f"synth-{request.param}") / "data"
+    return out, _make(out, request.param)
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> tuple[Path, SynthSummary]:
-    out = tmp_path_factory.mktemp("synth") / "data"
-    summary = make_synthetic_dataset(out, patients=6, unlabelled=2, shape=SHAPE, visits=3,
-                                     seed=11, rpd_fraction=0.5)
-    return out, summary
+def easy_and_hard(tmp_path_factory) -> dict[str, tuple[Path, SynthSummary]]:
+    root = tmp_path_factory.mktemp("synth-both")
+    return {name: (root / name, _make(root / name, name)) for name in ("easy", "hard")}
 
 
 def _visits(root: Path):
@@ -69,8 +88,10 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 # --- determinism ---------------------------------------------------------------------------------
 
-def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
-    kwargs = {"patients": 2, "unlabelled": 1, "shape": (4, 32, 16), "visits": 2}
+@pytest.mark.parametrize("preset", ["easy", "hard"])
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path, preset):
+    kwargs = {"patients": 2, "unlabelled": 1, "shape": (4, 32, 16), "visits": 2,
+              "preset": preset}
     make_synthetic_dataset(tmp_path / "a", seed=5, **kwargs)
     make_synthetic_dataset(tmp_path / "b", seed=5, **kwargs)
     make_synthetic_dataset(tmp_path / "c", seed=6, **kwargs)
@@ -147,7 +168,8 @@ def test_reference_layout_reader_accepts_it(dataset):
 def test_most_labelled_visits_have_a_lesion(dataset):
     _, summary = dataset
     assert summary.lesion_visits >= 0.7 * summary.labelled_visits
-    assert 0.02 < summary.mean_lesion_fraction < 0.6
+    low = 0.02 if summary.preset == "easy" else 0.005
+    assert low < summary.mean_lesion_fraction < 0.6
 
 
 # --- physics -------------------------------------------------------------------------------------
@@ -177,21 +199,24 @@ def test_rpe_is_brighter_than_onl_outside_lesions(dataset):
 
 
 def test_ga_loses_rpe_and_shows_hypertransmission(dataset):
-    root, _ = dataset
+    """The OCT carries the GA signal with either preset (fainter with ``hard``)."""
+    root, summary = dataset
+    rpe_loss, hyper = (0.7, 1.3) if summary.preset == "easy" else (0.85, 1.15)
     rpe_rows, choroid_rows = _rows(0.0, 0.02), _rows(-0.12, -0.03)
-    assert _band_means(rpe_rows, "in")(root) < 0.7 * _band_means(rpe_rows, "out")(root)
-    assert _band_means(choroid_rows, "in")(root) > 1.3 * _band_means(choroid_rows, "out")(root)
+    assert _band_means(rpe_rows, "in")(root) < rpe_loss * _band_means(rpe_rows, "out")(root)
+    assert _band_means(choroid_rows, "in")(root) > hyper * _band_means(choroid_rows, "out")(root)
 
 
 def test_faf_is_dark_and_slo_bright_in_the_lesion(dataset):
-    root, _ = dataset
+    root, summary = dataset
+    faf_dark, slo_bright = (0.5, 1.3) if summary.preset == "easy" else (0.8, 1.05)
     faf_in, faf_out, slo_in, slo_out = [], [], [], []
     for _, faf, slo, mask, _ in _labelled_visits(root):
         outside = ~_grow(mask)
         faf_in.append(faf[mask]), faf_out.append(faf[outside])
         slo_in.append(slo[mask]), slo_out.append(slo[outside])
-    assert np.concatenate(faf_in).mean() < 0.5 * np.concatenate(faf_out).mean()
-    assert np.concatenate(slo_in).mean() > 1.3 * np.concatenate(slo_out).mean()
+    assert np.concatenate(faf_in).mean() < faf_dark * np.concatenate(faf_out).mean()
+    assert np.concatenate(slo_in).mean() > slo_bright * np.concatenate(slo_out).mean()
 
 
 def test_lesions_only_grow_across_visits(dataset):
@@ -261,3 +286,201 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="patient"):
         make_synthetic_dataset(tmp_path / "y", patients=0, unlabelled=0)
+
+
+# --- presets: easy is the phantom before the split, hard leaves room to learn ---------------------
+
+def _module_before_split(tmp_path: Path):
+    """The single-module phantom at :data:`BEFORE_SPLIT`, imported from git (skip without it)."""
+    try:
+        source = subprocess.run(["git", "-C", str(REPO), "show",
+                                 f"{BEFORE_SPLIT}:data_prep/synthetic.py"],
+                                capture_output=True, text=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip(f"git history with {BEFORE_SPLIT[:8]} is not available here")
+    path = tmp_path / "synthetic_before_split.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("synthetic_before_split", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(spec.name, None)
+    return module
+
+
+def test_easy_preset_writes_the_same_bytes_as_the_phantom_before_the_split(tmp_path):
+    before = _module_before_split(tmp_path)
+    kwargs = {"patients": 3, "unlabelled": 1, "shape": (4, 32, 24), "visits": 2, "seed": 3,
+              "rpd_fraction": 0.5}
+    before.make_synthetic_dataset(tmp_path / "before", **kwargs)
+    make_synthetic_dataset(tmp_path / "easy", preset="easy", **kwargs)
+    expected, got = _tree_digest(tmp_path / "before"), _tree_digest(tmp_path / "easy")
+    assert got.pop("phantom.json")  # the one file the phantom before the split did not write
+    assert len(expected) > 10 and got == expected
+    recipe = json.loads((tmp_path / "easy" / "phantom.json").read_text())
+    assert recipe["preset"] == "easy" and recipe["seed"] == 3 and recipe["shape"] == [4, 32, 24]
+
+
+def test_default_preset_is_hard_and_unknown_presets_are_refused(tmp_path, capsys):
+    assert DEFAULT_PRESET == "hard" and set(PRESETS) == {"easy", "hard"}
+    with pytest.raises(ValueError, match="unknown phantom preset 'medium'"):
+        make_synthetic_dataset(tmp_path / "x", patients=1, unlabelled=0, preset="medium")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as exc:
+        synth_main([str(tmp_path / "y"), "--preset", "medium"])
+    assert exc.value.code == 2 and "--preset" in capsys.readouterr().err
+
+
+def test_cli_preset_and_size(tmp_path, capsys):
+    args = ["--patients", "1", "--unlabelled", "0", "--shape", "4", "32", "16", "--visits", "1"]
+    assert synth_main([str(tmp_path / "e"), "--preset", "easy", *args]) == 0
+    assert "phantom easy" in capsys.readouterr().out
+    assert synth_main([str(tmp_path / "h"), *args]) == 0
+    assert "phantom hard" in capsys.readouterr().out
+    assert _tree_digest(tmp_path / "e") != _tree_digest(tmp_path / "h")
+    assert synth_main([str(tmp_path / "s"), "--size", "small", "--patients", "1",
+                       "--unlabelled", "0", "--visits", "1"]) == 0
+    assert "(16, 64, 128)" in capsys.readouterr().out
+
+
+def _foci_areas_mm2(root: Path) -> list[float]:
+    """Areas of the connected lesion foci of every labelled visit's mask."""
+    areas = []
+    for _, _, _, mask, spacing in _labelled_visits(root):
+        labels, _ = ndimage.label(mask)
+        areas += list(np.bincount(labels.ravel())[1:] * spacing[0] * spacing[2])
+    return areas
+
+
+def test_hard_lesions_are_smaller_and_fainter(easy_and_hard):
+    (easy_root, easy), (hard_root, hard) = easy_and_hard["easy"], easy_and_hard["hard"]
+    assert hard.mean_lesion_fraction < 0.6 * easy.mean_lesion_fraction
+    assert np.median(_foci_areas_mm2(hard_root)) < 0.6 * np.median(_foci_areas_mm2(easy_root))
+
+    def faf_contrast(root: Path) -> float:
+        inside, outside = [], []
+        for _, faf, _, mask, _ in _labelled_visits(root):
+            inside.append(faf[ndimage.binary_erosion(mask, np.ones((1, 3)))])
+            outside.append(faf[~_grow(mask)])
+        return float(np.concatenate(inside).mean() / np.concatenate(outside).mean())
+
+    # fainter, yet still dark: inverted FAF still marks GA
+    assert faf_contrast(easy_root) < faf_contrast(hard_root) < 0.8
+
+
+def test_hard_oct_is_noisier(easy_and_hard):
+    def speckle_contrast(root: Path) -> float:
+        """std / mean of the OCT in the homogeneous ONL band, outside lesions."""
+        ratios = []
+        for volume, _, _, mask, _ in _labelled_visits(root):
+            band = volume[:, _rows(0.09, 0.125), :][np.broadcast_to(
+                ~_grow(mask)[:, None, :], (SHAPE[0], len(_rows(0.09, 0.125)), SHAPE[2]))]
+            ratios.append(band.std() / band.mean())
+        return float(np.mean(ratios))
+
+    assert speckle_contrast(easy_and_hard["hard"][0]) > 1.1 * speckle_contrast(
+        easy_and_hard["easy"][0])
+
+
+def _hard_eye_without_ga(seed: int):
+    """A hard-preset eye whose GA never appears, to look at its confounders alone."""
+    grid = PhantomGrid((16, 64, 128))
+    anatomy = make_eye_anatomy(np.random.default_rng(seed), grid, eye="OD", preset="hard")
+    anatomy.lesion_threshold0 = float(anatomy.lesion_field.max()) + 1.0
+    return grid, anatomy
+
+
+def test_hard_confounders_look_like_ga_on_one_modality_only():
+    faf_values = {"faf_only": [], "oct_only": [], "neither": []}
+    choroid_values = {"faf_only": [], "oct_only": [], "neither": []}
+    for seed in range(6):
+        grid, anatomy = _hard_eye_without_ga(seed)
+        assert anatomy.faf_confounder is not None and anatomy.oct_confounder is not None
+        visit = render_visit(anatomy, 0, np.random.default_rng(100 + seed))
+        assert not visit.lesion.any() and not visit.outline.any()  # never labelled
+        h = grid.height_mm()
+        choroid = visit.oct[:, (h >= -0.12) & (h < -0.03), :].mean(axis=1)
+        quiet = anatomy.vessel_profile < 0.05
+        where = {
+            "faf_only": (anatomy.faf_confounder > 0.3) & (anatomy.oct_confounder < 0.01) & quiet,
+            "oct_only": (anatomy.oct_confounder > 0.4) & (anatomy.faf_confounder < 0.01) & quiet,
+            "neither": (anatomy.oct_confounder < 0.01) & (anatomy.faf_confounder < 0.01) & quiet}
+        for name, pixels in where.items():
+            faf_values[name].append(visit.faf[pixels] / visit.faf[where["neither"]].mean())
+            choroid_values[name].append(choroid[pixels] / choroid[where["neither"]].mean())
+    faf = {k: np.concatenate(v) for k, v in faf_values.items()}
+    oct_ = {k: np.concatenate(v) for k, v in choroid_values.items()}
+    assert len(faf["faf_only"]) >= 20 and len(faf["oct_only"]) >= 20
+    # FAF-only patches: dark on FAF, no hypertransmission on OCT
+    assert faf["faf_only"].mean() < 0.75 and 0.9 < oct_["faf_only"].mean() < 1.1
+    # OCT-only patches: hypertransmission on OCT, FAF unchanged
+    assert oct_["oct_only"].mean() > 1.2 and 0.85 < faf["oct_only"].mean() < 1.15
+
+
+def test_hard_oct_patches_keep_the_ellipsoid_zone_ga_does_not():
+    """What tells incomplete RPE attenuation from GA on OCT: the photoreceptors are still there."""
+    grid = PhantomGrid((16, 64, 128))
+    h = grid.height_mm()
+    ez_rows = (h >= 0.03) & (h < 0.06)
+    in_patch, in_ga, healthy = [], [], []
+    for seed in range(4):
+        anatomy = make_eye_anatomy(np.random.default_rng(seed), grid, eye="OS", preset="hard")
+        visit = render_visit(anatomy, 400, np.random.default_rng(seed))
+        ez = visit.oct[:, ez_rows, :].mean(axis=1)
+        quiet = anatomy.vessel_profile < 0.05
+        far = ~ndimage.binary_dilation(visit.lesion, iterations=3)
+        in_patch.append(ez[(anatomy.oct_confounder > 0.4) & far & quiet])
+        in_ga.append(ez[ndimage.binary_erosion(visit.lesion) & quiet])
+        healthy.append(ez[(anatomy.oct_confounder < 0.01) & far & quiet])
+    patch, ga, ok = (float(np.concatenate(v).mean()) for v in (in_patch, in_ga, healthy))
+    assert patch > 0.85 * ok and ga < 0.8 * ok
+
+
+def test_hard_mask_is_a_grader_outline_within_a_bounded_distance_of_the_truth():
+    grid = PhantomGrid((16, 64, 128))
+    s_mm, _, w_mm = grid.spacing_mm
+    preset = PRESETS["hard"]
+    bound = preset.outline_bias_mm[1] + 2 * preset.outline_jitter_mm + 2 * w_mm
+    differs = 0
+    for seed in range(6):
+        anatomy = make_eye_anatomy(np.random.default_rng(seed), grid, eye="OD", preset="hard")
+        outlines = []
+        for day in (0, 180, 360):
+            visit = render_visit(anatomy, day, np.random.default_rng(seed))
+            truth, outline = visit.lesion, visit.outline
+            assert np.array_equal(truth, anatomy.lesion_mask(day))
+            differs += int(not np.array_equal(truth, outline))
+            if truth.any():
+                # every outline pixel lies within the bound of the rendered lesion ...
+                to_truth = ndimage.distance_transform_edt(~truth, sampling=(s_mm, w_mm))
+                assert to_truth[outline].max(initial=0.0) <= bound
+                # ... and every lesion pixel the grader missed lies within it of the outline,
+                # or in a focus too small to draw
+                labels, count = ndimage.label(truth)
+                area = np.bincount(labels.ravel(), minlength=count + 1) * s_mm * w_mm
+                big_enough = area >= preset.min_focus_mm2 + 2 * bound * (s_mm + w_mm)
+                drawable = truth & big_enough[labels]
+                if outline.any():
+                    to_outline = ndimage.distance_transform_edt(~outline, sampling=(s_mm, w_mm))
+                    assert to_outline[drawable].max(initial=0.0) <= bound + s_mm
+                else:
+                    assert not drawable.any()
+            outlines.append(outline)
+        for earlier, later in itertools.pairwise(outlines):  # the grader's outline grows too
+            assert not (earlier & ~later).any()
+    assert differs >= 6
+
+
+def test_written_masks_are_the_truth_only_for_easy(easy_and_hard):
+    assert easy_and_hard["easy"][1].mean_truth_dice == 1.0
+    assert 0.6 < easy_and_hard["hard"][1].mean_truth_dice <= 1.0
+
+
+def test_hard_inverted_faf_still_correlates_with_the_mask(easy_and_hard):
+    """Inter-modal pretraining needs the inverted FAF to carry GA."""
+    faf, mask = [], []
+    for _, image, _, m, _ in _labelled_visits(easy_and_hard["hard"][0]):
+        faf.append(255.0 - image.ravel()), mask.append(m.ravel().astype(float))
+    assert np.corrcoef(np.concatenate(faf), np.concatenate(mask))[0, 1] > 0.25
