@@ -47,7 +47,7 @@ BUCKET = "fpn-cluster"
 SHAPE = ("8", "64", "32")  # (S, D, W): tiny volumes; the test is about the path, not learning
 #: the smallest training settings that keep two 2-epoch trials within a few minutes on 2 cores
 TINY_TRAIN = ("data.crop=[8,32]", "data.multiplier=1", "batch_size=4", "keep_best=1",
-              "overlay_every=0", "data.loader_workers=0")  # TEMP workaround (a)
+              "overlay_every=0")
 
 
 # -- helpers ------------------------------------------------------------------------------------
