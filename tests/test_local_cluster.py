@@ -58,58 +58,57 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _proc_table() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, session id, command line), from /proc (Linux)."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after ``pid (comm)``: state, ppid, pgrp, session, ... (Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _identity(pid: int) -> tuple[int, str] | None:
+    """(pid, start time): a pid the kernel reused for another process has another start time."""
+    fields = _stat(pid)
+    return None if fields is None or fields[0] == "Z" else (pid, fields[19])
+
+
+def _cluster_processes(temp_dir: str, sessions: set[int]) -> dict[tuple[int, str], str]:
+    """This cluster's live processes (identity -> command line): those naming its temp dir or in
+    the ``ray start`` sessions, and all their descendants (job entrypoints have sessions of their
+    own)."""
     table = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        fields = _stat(int(entry)) if entry.isdigit() else None
+        if fields is None or fields[0] == "Z" or int(entry) == os.getpid():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
                 errors="replace")
-        except OSError:  # gone meanwhile
+        except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        table[int(entry)] = (int(fields[1]), int(fields[3]), cmd)
-    return table
-
-
-def _cluster_pids(temp_dir: str, sessions: set[int]) -> dict[int, str]:
-    """This cluster's live processes (pid -> command line): those naming its temp dir or in the
-    ``ray start`` sessions, and all their descendants (job entrypoints have sessions of their
-    own)."""
-    table = _proc_table()
-    me = os.getpid()
-    found = {pid for pid, (_, sid, cmd) in table.items()
-             if pid != me and (temp_dir in cmd or sid in sessions)}
+        table[int(entry)] = (int(fields[1]), int(fields[3]), fields[19], cmd)
+    found = {pid for pid, (_, sid, _, cmd) in table.items() if temp_dir in cmd or sid in sessions}
     grew = True
     while grew:
-        children = {pid for pid, (ppid, _, _) in table.items() if ppid in found and pid != me}
+        children = {pid for pid, (ppid, _, _, _) in table.items() if ppid in found}
         grew = not children <= found
         found |= children
-    return {pid: table[pid][2] for pid in found if _state(pid) != "Z"}
+    return {(pid, table[pid][2]): table[pid][3] for pid in found}
 
 
-def _end(pids: set[int], grace_s: float = 10.0) -> None:
+def _end(processes: set[tuple[int, str]], grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL what is still there; only ever the processes identified."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
+        alive = {p for p in processes if _identity(p[0]) == p}
+        for pid, _ in alive:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and
-                                                  "Z" not in _state(p) for p in pids):
+        while time.monotonic() < deadline and any(_identity(p[0]) == p for p in alive):
             time.sleep(0.2)
-
-
-def _state(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "Z"
-    return stat[stat.rindex(")") + 2:].split()[0]
 
 
 def _run(cmd: list[str] | str, env: dict[str, str], cwd: Path, timeout: float,
@@ -163,6 +162,7 @@ def local_cluster(tmp_path_factory):
     node_env = {**base, **s3, **fpn_env, "HOME": str(home)}
     sessions: set[int] = set()
     mlflow_proc = None
+    log = open(tmp / "mlflow-server.log", "w")  # noqa: SIM115 -- closed in the teardown
     try:
         with pytest.MonkeyPatch.context() as mp:
             for k, v in s3.items():
@@ -171,7 +171,6 @@ def local_cluster(tmp_path_factory):
 
         # the tracking server, as cluster.yaml's head starts it: sqlite on the head's disk,
         # artifacts proxied to the bucket
-        log = open(tmp / "mlflow-server.log", "w")  # noqa: SIM115 -- closed with the process
         mlflow_proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
              "--port", str(mlflow_port), "--workers", "1",
@@ -229,15 +228,20 @@ def local_cluster(tmp_path_factory):
         yield {"tmp": tmp, "home": home, "user_env": user_env, "fpn_env": fpn_env, "s3": s3,
                "dashboard": user_env["RAY_ADDRESS"]}
     finally:
-        pids = _cluster_pids(ray_tmp, sessions)
-        if mlflow_proc is not None:
-            try:
-                os.killpg(mlflow_proc.pid, signal.SIGTERM)  # the server and its workers
-                mlflow_proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(mlflow_proc.pid, signal.SIGKILL)
-        _end(set(pids))
-        left = _cluster_pids(ray_tmp, sessions)
+        processes = _cluster_processes(ray_tmp, sessions)
+        if mlflow_proc is not None:  # the server and its workers: its own process group
+            for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(mlflow_proc.pid, sig)
+                    mlflow_proc.wait(timeout=wait_s)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            log.close()
+        _end(set(processes))
+        left = _cluster_processes(ray_tmp, sessions)
         server.stop()
         subprocess.run(["rm", "-rf", ray_tmp], check=False)
         assert not left, f"cluster processes left running: {left}"
