@@ -178,7 +178,6 @@ def local_cluster(tmp_path_factory):
              "--artifacts-destination", fpn_env["FPN_MLFLOW_ARTIFACTS"]],
             env=node_env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-        gcs, dashboard = _free_port(), _free_port()
         common = ["--node-ip-address=127.0.0.1", f"--temp-dir={ray_tmp}",
                   "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats"]
 
@@ -190,23 +189,35 @@ def local_cluster(tmp_path_factory):
                     f"--runtime-env-agent-port={_free_port()}",
                     f"--metrics-export-port={_free_port()}"]
 
-        def ray_start(args: list[str], what: str) -> None:
-            proc = subprocess.Popen(["ray", "start", *args], env=node_env, cwd=home,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True)
-            sessions.add(proc.pid)
-            out, _ = proc.communicate(timeout=180)
-            assert proc.returncode == 0, f"{what} failed:\n{out[-4000:]}"
+        def ray_start(make_args, what: str, attempts: int = 3) -> None:
+            """``ray start``; again on fresh ports when it fails (it gives a node 30 s to
+            register, which a loaded machine can miss), its leftovers ended first."""
+            for attempt in range(1, attempts + 1):
+                proc = subprocess.Popen(["ray", "start", *make_args()], env=node_env, cwd=home,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, start_new_session=True)
+                sessions.add(proc.pid)
+                out, _ = proc.communicate(timeout=180)
+                if proc.returncode == 0:
+                    return
+                assert attempt < attempts, f"{what} failed {attempts} times:\n{out[-4000:]}"
+                _end(set(_cluster_processes("\0", {proc.pid})))
 
-        # the head: drivers only (the driver resource, 1 CPU for drivers and convert tasks)
-        ray_start(["--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
-                   "--dashboard-host=127.0.0.1", f"--ray-client-server-port={_free_port()}",
-                   "--num-cpus=1", '--resources={"fpn_driver": 100}', *common, *node_ports()],
-                  "ray start --head")
-        # a worker node with CPUs of its own, for the Train workers (the GPU nodes' place)
-        ray_start([f"--address=127.0.0.1:{gcs}", "--num-cpus=2",
-                   '--resources={"fpn_worker_node": 1}', *common, *node_ports()],
-                  "ray start --address")
+        ports: dict[str, int] = {}
+
+        def head_args() -> list[str]:  # drivers only: the driver resource, 1 CPU
+            ports.update(gcs=_free_port(), dashboard=_free_port())
+            return ["--head", f"--port={ports['gcs']}", f"--dashboard-port={ports['dashboard']}",
+                    "--dashboard-host=127.0.0.1", f"--ray-client-server-port={_free_port()}",
+                    "--num-cpus=1", '--resources={"fpn_driver": 100}', *common, *node_ports()]
+
+        def worker_args() -> list[str]:  # CPUs of its own, for the Train workers (GPU nodes')
+            return [f"--address=127.0.0.1:{ports['gcs']}", "--num-cpus=2",
+                    '--resources={"fpn_worker_node": 1}', *common, *node_ports()]
+
+        ray_start(head_args, "ray start --head")
+        ray_start(worker_args, "ray start --address")
+        dashboard = ports["dashboard"]
 
         deadline = time.monotonic() + 120
         health = f"http://127.0.0.1:{mlflow_port}/health"
