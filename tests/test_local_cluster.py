@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -250,11 +251,11 @@ def local_cluster(tmp_path_factory):
                     break
                 except subprocess.TimeoutExpired:
                     continue
-            log.close()
+        log.close()
         _end(set(processes))
         left = _cluster_processes(ray_tmp, sessions)
         server.stop()
-        subprocess.run(["rm", "-rf", ray_tmp], check=False)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
         assert not left, f"cluster processes left running: {left}"
 
 
