@@ -22,6 +22,11 @@ grading hard:
 The OCT still carries the GA signal (RPE loss with hypertransmission, photoreceptor loss, ONL
 thinning) and the inverted FAF still lights up on GA, so pretraining to reconstruct it from the
 OCT is useful: it also teaches which OCT hypertransmission is *not* atrophy.
+
+Calibration (2026-11-30, seed 0, the main job's store: 12 + 4 patients, 2 visits, 16 x 64 x 128;
+its CPU recipe: 16 x 64 crops, batch 4, SGD lr 0.1, 6 pretraining and 3 fine-tuning epochs,
+2-best ensemble): test Dice at ratio 0.1 (one training patient) was 14.3 +- 12.8 from scratch
+and 95.0 +- 1.8 after inverted-FAF pretraining (6 test visits).
 """
 
 from __future__ import annotations
