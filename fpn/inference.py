@@ -254,8 +254,11 @@ class Ensemble:
     def __init__(self, members: Sequence[dict[str, Any]], device: str | None = None):
         if not members:
             raise ValueError("an ensemble needs at least one member")
+        from fpn.training.device import device_policy
+
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.models = [build_member(m).to(self.device) for m in members]
+        self.policy = device_policy(self.device.type)  # bf16 + channels-last on a GPU
+        self.models = [self.policy.prepare_model(build_member(m), self.device) for m in members]
         self.target = members[0]["target"]
         self.zscore_eps = members[0]["zscore_eps"]
         self.model_name = members[0]["model_name"]
@@ -267,11 +270,10 @@ class Ensemble:
     @torch.no_grad()
     def predict_normalised(self, vol: torch.Tensor) -> torch.Tensor:
         """``(B, 1, S, D, W)`` z-scored OCT -> ``(B, 1, S, W)`` mean probability."""
-        vol = vol.to(self.device, torch.float32)
-        amp = self.device.type == "cuda"
+        vol = self.policy.prepare_input(vol.float(), self.device)
         acc = None
         for m in self.models:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+            with self.policy.autocast():
                 p = torch.sigmoid(m(vol).float())
             acc = p if acc is None else acc + p
         return acc / len(self.models)
