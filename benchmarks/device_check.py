@@ -105,7 +105,7 @@ class BusySampler(threading.Thread):
         super().__init__(daemon=True)
         self.device, self.interval = device, interval
         self.samples: list[tuple[float, float, float]] = []  # (time, busy 0..1, memory MiB)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._nvml = None
         if device == "cuda":
             try:
@@ -150,16 +150,16 @@ class BusySampler(threading.Thread):
         return frac, mem
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 busy, mem = self._sample()
                 self.samples.append((time.time(), busy, mem))
             except Exception:  # noqa: BLE001, S110 - a missed sample is not a failed check
                 pass
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
 
     def busy_between(self, t0: float, t1: float) -> float | None:
@@ -253,6 +253,11 @@ class Checker:
     def make_store(self) -> bool:
         s = self.sizes
         src = self.work / "source"
+        if (Path(self.store) / "zarr.json").is_file():
+            # a re-run in the same --work folder: the store, and every finished run, are reused
+            # (runs are known by name in this folder; the CLIs skip a finished run)
+            print(f"[check] reusing {self.store}", flush=True)
+            return True
         ok = self.run("synth", self.py("-m", "data_prep", "synth", str(src), "--patients",
                                        str(s.patients), "--unlabelled", str(s.unlabelled),
                                        "--shape", *map(str, s.synth_shape), "--visits",
@@ -401,8 +406,11 @@ class Checker:
                 fig["busy_fraction"] = busy.busy_between(epochs_seen[0], epochs_seen[-1])
             fig["busy_loader_processes"] = s.loader_workers
             fig["peak_memory_mib"] = busy.peak_memory()
+        # on CPU dynamo's "eager" backend: the same path through Ray Train without minutes of
+        # C++ code generation on a 2-core machine
+        backend = "inductor" if self.device == "cuda" else "eager"
         compiled, _ = self.train("finetune", "ft-bf16-compile", init=pre["run_dir"], compile=True,
-                                 **common)
+                                 compile_backend=backend, **common)
         fp32, _ = self.train("finetune", "ft-fp32", init=pre["run_dir"], amp=False,
                              channels_last=False, **common)
         if bf16 is not None and compiled is not None:

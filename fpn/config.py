@@ -136,6 +136,9 @@ class TrainConfig(_Section):
         False, description="torch.compile the training model (eager fallback with a message "
         "where compilation fails); off by default until benchmarks/device_check.py has "
         "measured it on a GPU")
+    compile_backend: str = Field(
+        "inductor", description="torch.compile backend ('eager' traces without code generation: "
+        "the CPU device check uses it)")
     overlay_every: int = Field(5, ge=0, description="log validation overlays every N epochs")
     log_model: bool = True
     tags: dict[str, str] = Field(default_factory=dict)

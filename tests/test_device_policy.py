@@ -131,14 +131,13 @@ def test_compile_wrapper_trains_through_the_loop_and_policy():
     from fpn.losses import build_loss
     from fpn.training.loop import build_optimizer, train_epoch
 
-    cfg = _cfg(compile=True, batch_size=2)
+    cfg = _cfg(compile=True, compile_backend="eager", batch_size=2)
     policy = device_policy("cpu", cfg)
     assert policy.compile
     torch.manual_seed(0)
     model = create_model("fpn", **TINY["fpn"])
     wrapped = policy.wrap_for_training(model)
     assert isinstance(wrapped, CompiledWithFallback)
-    object.__setattr__(wrapped, "_compiled", torch.compile(model, backend="eager"))
     before = [p.detach().clone() for p in model.parameters()]
     batches = [(torch.randn(2, *SHAPE[1:]), (torch.rand(2, 1, SHAPE[2], SHAPE[4]) > 0.5).float())]
     train_epoch(wrapped, batches, build_loss(cfg.loss, False), build_optimizer(model, cfg.optim),

@@ -29,6 +29,7 @@ class DevicePolicy:
             in channels-last memory formats (cuDNN's fast 3-D convolutions want them).
         autocast_dtype: the autocast dtype, or ``None`` for plain fp32.
         compile: wrap the training model in ``torch.compile`` (with an eager fallback).
+        compile_backend: ``torch.compile``'s backend.
         pin_memory: DataLoaders pin host memory, so that copies can be asynchronous.
         non_blocking: host-to-device copies do not wait.
         ddp_backend: the ``torch.distributed`` backend of the Ray Train worker group.
@@ -44,6 +45,7 @@ class DevicePolicy:
     non_blocking: bool
     ddp_backend: str
     gpus_per_worker: float
+    compile_backend: str = "inductor"
 
     def autocast(self) -> torch.autocast:
         """The autocast context for the forward pass (disabled when ``autocast_dtype`` is None)."""
@@ -66,7 +68,7 @@ class DevicePolicy:
 
     def wrap_for_training(self, model: nn.Module) -> nn.Module:
         """The module the training loop calls: compiled (falling back to eager) or as is."""
-        return CompiledWithFallback(model) if self.compile else model
+        return CompiledWithFallback(model, backend=self.compile_backend) if self.compile else model
 
     def resources_per_worker(self, cpus_per_worker: float) -> dict[str, float]:
         """Ray resources of one training worker."""
@@ -101,6 +103,7 @@ def device_policy(device_type: str, cfg: Any = None) -> DevicePolicy:
         non_blocking=cuda,
         ddp_backend="nccl" if cuda else "gloo",
         gpus_per_worker=gpus,
+        compile_backend=str(getattr(cfg, "compile_backend", "inductor")),
     )
 
 
