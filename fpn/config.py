@@ -133,6 +133,13 @@ class TrainConfig(_Section):
     experiment: str = "fpn"
     amp: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
     channels_last: bool = Field(True, description="channels_last_3d on GPU (ignored on CPU)")
+    compile: bool = Field(
+        False, description="torch.compile the training model (eager fallback with a message "
+        "where compilation fails); off by default until benchmarks/device_check.py has "
+        "measured it on a GPU")
+    compile_backend: str = Field(
+        "inductor", description="torch.compile backend ('eager' traces without code generation: "
+        "the CPU device check uses it)")
     overlay_every: int = Field(5, ge=0, description="log validation overlays every N epochs")
     log_model: bool = True
     tags: dict[str, str] = Field(default_factory=dict)

@@ -64,7 +64,8 @@ def s3_run(s3_store, ray_local, tmp_path_factory):
     MlflowClient(tracking).create_experiment("fpn-s3", artifact_location=f"s3://{BUCKET}/mlflow")
     cfg = TrainConfig.model_validate({
         "task": "finetune",
-        "data": {"store": s3_store, "crop": [8, 32], "multiplier": 2, "loader_workers": 0},
+        # the defaults a user gets: loader_workers 2, forked DataLoader workers reading s3://
+        "data": {"store": s3_store, "crop": [8, 32], "multiplier": 2},
         "model": {"name": "fpn", "kwargs": {"width": 0.25}},
         "optim": {"lr": 0.01}, "epochs": 1, "batch_size": 2, "workers": 1,
         "threads_per_worker": 1, "storage": f"s3://{BUCKET}/runs", "mlflow": tracking,

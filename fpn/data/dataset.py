@@ -1,11 +1,12 @@
 """PyTorch datasets over the store: random training crops and whole validation volumes.
 
 Both open the store lazily in the process that reads (a DataLoader worker, a Ray Train worker),
-so they pickle cheaply and every reader has its own handle.
+so they pickle cheaply and every reader process has its own handle, also after a fork.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,23 +39,31 @@ def select_visits(store: Any, target: str, splits: str | Sequence[str],
 
 @dataclass
 class _StoreHandle:
-    """Opens the store on first use in whichever process reads, and caches B-scan statistics."""
+    """Opens the store on first use in whichever process reads, and caches B-scan statistics.
+
+    The handle belongs to the process that opened it: a forked DataLoader worker inherits the
+    parent's handle, whose object-store client (s3fs/aiohttp) is bound to the parent's event loop
+    and fails in the child ("HTTPClientError ... Task pending"), so a process that did not open
+    the handle opens its own (keyed by ``os.getpid()``). Pickling (spawn, Ray) drops it too.
+    """
 
     path: str
     storage_options: dict[str, Any]
     _store: Any = field(default=None, repr=False)
+    _pid: int | None = field(default=None, repr=False)
     _stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "storage_options": self.storage_options,
-                "_store": None, "_stats": {}}
+                "_store": None, "_pid": None, "_stats": {}}
 
     @property
     def store(self) -> Any:
-        if self._store is None:
+        if self._store is None or self._pid != os.getpid():
             from fpn.data.store import open_store
 
             self._store = open_store(self.path, storage_options=self.storage_options)
+            self._pid = os.getpid()
         return self._store
 
     def stats(self, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -39,10 +39,13 @@ from fpn.inference import (
     resolve_members,
     write_location_text,
 )
+from fpn.training.device import device_policy
+from fpn.training.ray_connect import connect_ray
 from fpn.training.worker import score_name, train_fn_per_worker
 
-__all__ = ["FORWARDED_ENV", "TrainingOutcome", "ensure_ray", "run_training",
-           "storage_filesystem", "worker_env_vars"]
+__all__ = ["FORWARDED_ENV", "MlflowRun", "TrainingOutcome", "build_trainer", "collect_outcome",
+           "connect_ray", "ensure_ray", "finished_outcome", "init_member_ref", "open_mlflow_run",
+           "run_training", "storage_filesystem", "worker_env_vars"]
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +73,8 @@ class TrainingOutcome:
     model_uri: str | None = None
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray (once per process)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-    else:
-        # the dashboard serves the state API that Ray Train polls; without it, endless warnings
-        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
+# the historical name; every entry point reaches Ray through fpn.training.ray_connect
+ensure_ray = connect_ray
 
 
 def _write_json_atomic(location: str, obj: Any) -> None:
@@ -144,19 +138,6 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
     Returns:
         The outcome; its ``best_checkpoints`` feed :func:`fpn.inference.load_ensemble`.
     """
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.train.v2.api.config import LoggingConfig
-
-    from fpn.tracking import (
-        RunLogger,
-        client_for,
-        ensure_experiment,
-        find_or_create_run,
-        git_revision,
-    )
-
     # Fail in the driver, with the store's name, before any worker starts.
     store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
     plan = plan_visits(store, cfg.data.target, cfg.data.ratio, cfg.data.subset_seed)
@@ -164,14 +145,71 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
     storage = cfg.storage_path()
     run_dir = join_location(storage, name)  # a path, or a URL for remote storage
     run_file = join_location(run_dir, RUN_FILE)
+    done = finished_outcome(run_file)
+    if done is not None:
+        log.info("%s: already finished; not training again", run_dir)
+        print(f"[fpn] run {name} already finished ({run_dir}); not training again", flush=True)
+        return done
+
+    run = open_mlflow_run(cfg, store, plan, name, parent_run_id, extra_tags)
+    connect_ray()  # before any Ray call (ray.put below): never a stale recorded cluster
+    init_ref = init_member_ref(cfg, run)
+    trainer = build_trainer(cfg, name, storage, run_dir, run, init_ref, ray_callbacks, worker_env)
+    try:
+        result = trainer.fit()
+    except Exception:
+        run.logger.set_tags({"fpn.status": "failed"})
+        run.logger.finish("FAILED")
+        raise
+    outcome = collect_outcome(result, cfg, name, run_dir, storage, run.run_id, plan)
+    _log_curves(run.logger, run.client, run.run_id)
+    if cfg.log_model and outcome.best_checkpoints:
+        from fpn.serving import log_ensemble_model
+
+        member_files = ([resolve_members(c)[0] for c in outcome.best_checkpoints]
+                        if is_remote(run_dir) else
+                        [Path(p) / MODEL_FILE for p in outcome.best_checkpoints])
+        outcome.model_uri = log_ensemble_model(
+            run.uri, run.run_id, member_files, shape=store.visit(plan.val_keys[0]).shape)
+    best = f"{outcome.best_scores[0]:.4f}" if outcome.best_scores else "nan"
+    run.logger.set_tags({"fpn.best_score": best, "fpn.status": "finished"})
+    run.logger.finish("FINISHED")
+    _write_json_atomic(run_file, {**asdict(outcome), "finished": True,
+                                  "config": cfg.model_dump(mode="json")})
+    return outcome
+
+
+def finished_outcome(run_file: str) -> TrainingOutcome | None:
+    """The outcome a finished run recorded in its ``fpn_run.json``, or None."""
     previous = read_location_text(run_file)
-    if previous is not None:
-        done = json.loads(previous)
-        if done.get("finished"):
-            log.info("%s: already finished; not training again", run_dir)
-            print(f"[fpn] run {name} already finished ({run_dir}); not training again", flush=True)
-            return TrainingOutcome(**{k: done[k] for k in TrainingOutcome.__dataclass_fields__
-                                      if k in done})
+    if previous is None:
+        return None
+    done = json.loads(previous)
+    if not done.get("finished"):
+        return None
+    return TrainingOutcome(**{k: done[k] for k in TrainingOutcome.__dataclass_fields__ if k in done})
+
+
+@dataclass
+class MlflowRun:
+    """The run's MLflow handles: tracking URI, client, run id and a logger on it."""
+
+    uri: str
+    client: Any
+    run_id: str
+    logger: Any
+
+
+def open_mlflow_run(cfg: TrainConfig, store: Any, plan: Any, name: str,
+                    parent_run_id: str | None, extra_tags: dict[str, str] | None) -> MlflowRun:
+    """Find (a resumed run) or create the run's MLflow run; a new one gets params and config."""
+    from fpn.tracking import (
+        RunLogger,
+        client_for,
+        ensure_experiment,
+        find_or_create_run,
+        git_revision,
+    )
 
     uri = cfg.tracking_uri()
     client = client_for(uri)
@@ -192,36 +230,50 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
         logger.log_text("\n".join(plan.train_patients) + "\n", "train_patients.txt")
     else:
         print(f"[fpn] continuing MLflow run {run_id} ({name})", flush=True)
+    return MlflowRun(uri, client, run_id, logger)
 
-    init_ref = None
-    if cfg.init:
-        # the best member only; resolved here so workers on other nodes need no registry access
-        member = resolve_members(cfg.init, uri, k=1)[0]
-        init_ref = ray.put(load_member_file(member))
-        logger.set_tags({"fpn.init": cfg.init})
 
-    ensure_ray()
+def init_member_ref(cfg: TrainConfig, run: MlflowRun) -> Any:
+    """``--init``'s best member, put in Ray's object store (None without ``--init``): resolved in
+    the driver, so that workers on other nodes need no registry or storage access."""
+    if not cfg.init:
+        return None
+    import ray
+
+    member = resolve_members(cfg.init, run.uri, k=1)[0]
+    ref = ray.put(load_member_file(member))
+    run.logger.set_tags({"fpn.init": cfg.init})
+    return ref
+
+
+def build_trainer(cfg: TrainConfig, name: str, storage: str, run_dir: str, run: MlflowRun,
+                  init_ref: Any, ray_callbacks: list[Any] | None,
+                  worker_env: dict[str, str] | None) -> Any:
+    """The run's TorchTrainer: scaling and DDP backend from the device policy, storage, k best."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.config import LoggingConfig
+
     workers_min = cfg.workers_min  # validated by TrainConfig: 1 <= workers_min <= workers
     num_workers: int | tuple[int, int] = (
         (workers_min, cfg.workers) if workers_min is not None and workers_min < cfg.workers
         else cfg.workers)
+    policy = device_policy("cuda" if cfg.gpus_per_worker > 0 else "cpu", cfg)
     fs, fs_storage = storage_filesystem(storage)
     env = worker_env_vars(worker_env)
-    use_gpu = cfg.gpus_per_worker > 0
-    resources = {"CPU": cfg.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = cfg.gpus_per_worker
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_fn_per_worker,
         train_loop_config={
             "config": cfg.model_dump(mode="json"),
-            "tracking_uri": uri,
-            "mlflow_run_id": run_id,
+            "tracking_uri": run.uri,
+            "mlflow_run_id": run.run_id,
             "init_member": init_ref,
             "run_dir": run_dir,
         },
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend=policy.ddp_backend),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=policy.gpus_per_worker > 0,
+            resources_per_worker=policy.resources_per_worker(cfg.cpus_per_worker)),
         run_config=RunConfig(
             name=name,
             storage_path=fs_storage,
@@ -235,17 +287,15 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    try:
-        result = trainer.fit()
-    except Exception:
-        logger.set_tags({"fpn.status": "failed"})
-        logger.finish("FAILED")
-        raise
 
+
+def collect_outcome(result: Any, cfg: TrainConfig, name: str, run_dir: str, storage: str,
+                    run_id: str, plan: Any) -> TrainingOutcome:
+    """The k best checkpoints (best first, as locations) and the last metrics of a fitted run."""
     ranked = sorted(((c, m) for c, m in (result.best_checkpoints or [])),
                     key=lambda cm: cm[1].get("val_score", float("-inf")), reverse=True)
     ranked = ranked[: cfg.keep_best]
-    outcome = TrainingOutcome(
+    return TrainingOutcome(
         run_name=name,
         run_dir=run_dir,
         mlflow_run_id=run_id,
@@ -256,22 +306,6 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
                       if isinstance(v, (int, float))},
         train_patients=plan.train_patients,
     )
-    _log_curves(logger, client, run_id)
-    if cfg.log_model and outcome.best_checkpoints:
-        from fpn.serving import log_ensemble_model
-
-        member_files = ([resolve_members(c)[0] for c in outcome.best_checkpoints]
-                        if is_remote(run_dir) else
-                        [Path(p) / MODEL_FILE for p in outcome.best_checkpoints])
-        outcome.model_uri = log_ensemble_model(
-            uri, run_id, member_files,
-            shape=store.visit(plan.val_keys[0]).shape)
-    logger.set_tags({"fpn.best_score": f"{outcome.best_scores[0]:.4f}" if outcome.best_scores else "nan",
-                     "fpn.status": "finished"})
-    logger.finish("FINISHED")
-    _write_json_atomic(run_file, {**asdict(outcome), "finished": True,
-                                  "config": cfg.model_dump(mode="json")})
-    return outcome
 
 
 def _log_curves(logger: Any, client: Any, run_id: str) -> None:

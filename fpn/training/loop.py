@@ -1,6 +1,7 @@
 """The framework-free parts of training: optimiser, schedule, one epoch, validation.
 
-Nothing here knows about Ray; ``worker.py`` wires these into a Ray Train worker.
+Nothing here knows about Ray; ``worker.py`` wires these into a Ray Train worker. What depends on
+the device (memory format, copies, autocast) comes from :mod:`fpn.training.device`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from torch import nn
 
 from fpn.config import OptimConfig, TrainConfig
 from fpn.metrics import VisitMetrics, visit_record
+from fpn.training.device import DevicePolicy, device_policy
 
-__all__ = ["autocast_for", "build_optimizer", "build_scheduler", "train_epoch", "validate"]
+__all__ = ["build_optimizer", "build_scheduler", "train_epoch", "validate"]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig,
@@ -53,28 +55,21 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig,
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def autocast_for(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 autocast on CUDA when enabled; a no-op context on CPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=enabled and device.type == "cuda")
-
-
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    if channels_last and device.type == "cuda" and x.dim() == 5:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    return x
-
-
 def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module,
-                opt: torch.optim.Optimizer, device: torch.device, cfg: TrainConfig) -> dict[str, float]:
-    """One pass over this worker's shard of crops; returns loss, crops and seconds."""
+                opt: torch.optim.Optimizer, device: torch.device, cfg: TrainConfig,
+                policy: DevicePolicy | None = None) -> dict[str, float]:
+    """One pass over this worker's shard of crops; returns loss, crops and seconds.
+
+    ``policy`` (default: :func:`device_policy` for ``device``) decides the input's memory format,
+    the copies and the autocast dtype.
+    """
+    policy = policy or device_policy(device.type, cfg)
     model.train()
     total, n, t0 = 0.0, 0, time.perf_counter()
     for oct_crop, target in loader:
-        oct_crop = _to_device(oct_crop, device, cfg.channels_last)
-        target = target.to(device, non_blocking=True)
-        with autocast_for(device, cfg.amp):
+        oct_crop = policy.prepare_input(oct_crop, device)
+        target = target.to(device, non_blocking=policy.non_blocking)
+        with policy.autocast():
             logits = model(oct_crop)
         loss = loss_fn(logits.float(), target)
         if not torch.isfinite(loss):
@@ -92,16 +87,17 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module,
 
 @torch.no_grad()
 def validate(model: nn.Module, loader: Iterable, device: torch.device, cfg: TrainConfig,
-             spacings: dict[str, tuple[float, float]], keep_probs: Iterable[str] = ()
-             ) -> tuple[VisitMetrics, dict[str, np.ndarray]]:
+             spacings: dict[str, tuple[float, float]], keep_probs: Iterable[str] = (),
+             policy: DevicePolicy | None = None) -> tuple[VisitMetrics, dict[str, np.ndarray]]:
     """Whole volumes on the native grid: per-visit metrics, and the probability maps of
     ``keep_probs`` visits (for overlays)."""
+    policy = policy or device_policy(device.type, cfg)
     model.eval()
     keep = set(keep_probs)
     metrics, probs = VisitMetrics(), {}
     for vol, target, keys in loader:
-        vol = _to_device(vol, device, cfg.channels_last)
-        with autocast_for(device, cfg.amp):
+        vol = policy.prepare_input(vol, device)
+        with policy.autocast():
             p = torch.sigmoid(model(vol).float()).cpu().numpy()
         t = target.numpy()
         for i, key in enumerate(keys):

@@ -15,6 +15,7 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,12 @@ from fpn.inference import (
     write_location_text,
 )
 from fpn.losses import build_loss
+from fpn.training.device import DevicePolicy, device_policy
 from fpn.training.loop import build_optimizer, build_scheduler, train_epoch, validate
 
-__all__ = ["STATE_FILE", "score_name", "train_fn_per_worker"]
+__all__ = ["STATE_FILE", "RestoredState", "WorkerData", "build_loaders", "build_optimisation",
+           "checkpoint_and_report", "epoch_metrics", "fault_drill", "log_epoch", "restore_state",
+           "score_name", "train_fn_per_worker"]
 
 STATE_FILE = "train_state.pt"
 
@@ -69,16 +73,162 @@ def _fmt_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+@dataclass
+class RestoredState:
+    """Where a worker starts: epoch, the history so far, the weights loaded from ``--init``, and
+    the optimiser/scheduler/RNG state of a Ray checkpoint (None for a fresh run)."""
+
+    start_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    pretrained: set[str] = field(default_factory=set)
+    train_state: dict[str, Any] | None = None
+
+
+@dataclass
+class WorkerData:
+    """This worker's shard of training crops and of validation volumes."""
+
+    crops: CropDataset
+    sampler: DistributedSampler
+    loader: DataLoader
+    val_loader: DataLoader
+    spacings: dict[str, tuple[float, float]]
+    overlay_keys: list[str]
+
+
+def restore_state(model: torch.nn.Module, cfg: TrainConfig, init_member: Any) -> RestoredState:
+    """Load the weights a worker starts from: a Ray checkpoint (a restart or a resumed run) wins
+    over ``--init`` (``init_member``: an ObjectRef to a member payload, or a file path)."""
+    import ray
+    import ray.train
+
+    from fpn.models import load_pretrained
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            model.load_state_dict(load_member_file(Path(d) / MODEL_FILE)["state_dict"])
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+        return RestoredState(start_epoch=state["epoch"] + 1, history=state["history"],
+                             pretrained=set(state["pretrained"]), train_state=state)
+    if init_member is not None:
+        payload = (ray.get(init_member) if isinstance(init_member, ray.ObjectRef)
+                   else load_member_file(init_member))
+        loaded = load_pretrained(model, payload["state_dict"], reinit_head=cfg.reinit_head)
+        return RestoredState(pretrained=set(loaded))
+    return RestoredState()
+
+
+def build_optimisation(model: torch.nn.Module, cfg: TrainConfig, restored: RestoredState
+                       ) -> tuple[torch.optim.Optimizer, Any]:
+    """Optimiser and schedule, with their state (and the RNG's) from a checkpoint when resuming."""
+    opt = build_optimizer(model, cfg.optim, restored.pretrained)
+    sched = build_scheduler(opt, cfg.optim, cfg.epochs)
+    if restored.train_state is not None:
+        opt.load_state_dict(restored.train_state["optimizer"])
+        sched.load_state_dict(restored.train_state["scheduler"])
+        torch.set_rng_state(restored.train_state["torch_rng"])
+    return opt, sched
+
+
+def build_loaders(cfg: TrainConfig, plan: Any, store: Any, rank: int, world: int,
+                  policy: DevicePolicy) -> WorkerData:
+    """This worker's DataLoaders. Each loader process opens its own store handle (see
+    :class:`fpn.data.dataset.CropDataset`), so object stores work with any ``loader_workers``."""
+    crops = CropDataset(cfg.data, plan.train_keys, seed=cfg.seed)
+    sampler = DistributedSampler(crops, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.data.loader_workers, persistent_workers=False,
+                        pin_memory=policy.pin_memory, drop_last=len(sampler) >= cfg.batch_size)
+    val_keys = plan.val_keys[rank::world]
+    val_loader = DataLoader(VolumeDataset(cfg.data, val_keys), batch_size=1,
+                            num_workers=min(1, cfg.data.loader_workers),
+                            pin_memory=policy.pin_memory)
+    spacings = {k: (store.visit(k).spacing_mm[0], store.visit(k).spacing_mm[2]) for k in val_keys}
+    return WorkerData(crops, sampler, loader, val_loader, spacings,
+                      overlay_keys=val_keys[:2] if rank == 0 else [])
+
+
+def epoch_metrics(epoch: int, train: dict[str, float], val: Any, lr: float, world: int,
+                  score_key: str) -> dict[str, float]:
+    """Every worker's training figures and validation records merged into one epoch's metrics."""
+    parts = _gather((val.records, train), world)
+    val.merge([p[0] for p in parts])
+    crops_total = sum(p[1]["crops"] for p in parts)
+    seconds = max(p[1]["seconds"] for p in parts)
+    metrics: dict[str, float] = {
+        "epoch": float(epoch),
+        "train/loss": float(np.mean([p[1]["loss"] for p in parts])),
+        "train/crops_per_s": crops_total / max(seconds, 1e-9),
+        "train/lr": lr,
+        **{f"val/{k}": v for k, v in val.aggregate().items()},
+    }
+    metrics["val_score"] = float(metrics.get(score_key, float("nan")))
+    return metrics
+
+
+def fault_drill(cfg: TrainConfig, epoch: int, rank: int, world: int, run_dir: str | None) -> None:
+    """Tests and drills only: the last worker dies once at ``cfg.fail_at_epoch``."""
+    if cfg.fail_at_epoch != epoch or rank != world - 1:
+        return
+    marker = join_location(run_dir, f".fault-drill-epoch{epoch}")
+    if location_exists(marker):
+        return
+    write_location_text(marker, "the fault drill killed this worker once here\n")
+    # Ray Train's controller collects reports every couple of seconds; on toy-sized epochs a
+    # death within that window would also lose the previous report, which real epochs (minutes)
+    # never do. Wait it out so the drill tests the restart.
+    time.sleep(6.0)
+    print(f"[fpn] fault drill: worker {rank} dies at epoch {epoch}", flush=True)
+    os._exit(17)
+
+
+def checkpoint_and_report(epoch: int, metrics: dict[str, float], net: torch.nn.Module,
+                          cfg: TrainConfig, opt: torch.optim.Optimizer, sched: Any,
+                          restored: RestoredState, rank: int) -> None:
+    """Rank 0 writes the member file and the training state; every worker reports the epoch."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            save_member(Path(tmp) / MODEL_FILE, net, model_name=cfg.model.name,
+                        model_kwargs={"in_channels": 1, "out_channels": 1, **cfg.model.kwargs},
+                        target=cfg.data.target, zscore_eps=cfg.data.zscore_eps,
+                        extra={"epoch": epoch, "val_score": metrics["val_score"]})
+            torch.save({"epoch": epoch, "history": restored.history,
+                        "pretrained": sorted(restored.pretrained),
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "torch_rng": torch.get_rng_state()}, Path(tmp) / STATE_FILE)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
+
+
+def log_epoch(logger: Any, store: Any, probs: dict[str, np.ndarray], metrics: dict[str, float],
+              cfg: TrainConfig, epoch: int, start_epoch: int, t_start: float) -> None:
+    """Rank 0, after Ray persisted the checkpoint: MLflow metrics, overlays, one progress line."""
+    logger.log_epoch(epoch, metrics, probe_key="train/loss")
+    if cfg.overlay_every and (epoch + 1) % cfg.overlay_every == 0 or epoch + 1 == cfg.epochs:
+        _log_overlays(logger, store, probs, cfg, epoch)
+    done = epoch + 1 - start_epoch
+    eta = (time.perf_counter() - t_start) / done * (cfg.epochs - epoch - 1)
+    val_txt = "  ".join(
+        f"{k[4:-5]} {metrics[k]:.3f}±{metrics.get(k[:-5] + '_std', 0):.3f}"
+        for k in metrics if k in ("val/dice_mean", "val/hd95_mean", "val/ssim_mean"))
+    print(f"[fpn] epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train/loss']:.4f}  "
+          f"{val_txt}  {metrics['train/crops_per_s']:.1f} crops/s  "
+          f"ETA {_fmt_eta(eta)}", flush=True)
+
+
 def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. ``loop_config``: ``config`` (a TrainConfig dump), ``tracking_uri``,
     ``mlflow_run_id``, ``init_member`` (a member file for fine-tuning, resolved by the driver),
     ``run_dir`` (this run's storage folder, a path or a URL: ``attempts.jsonl`` and the
     fault-drill marker)."""
-    import ray
     import ray.train
     import ray.train.torch
 
-    from fpn.models import create_model, load_pretrained
+    from fpn.models import create_model
     from fpn.tracking import RunLogger
 
     cfg = TrainConfig.model_validate(loop_config["config"])
@@ -88,62 +238,32 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.threads_per_worker or max(1, int(cfg.cpus_per_worker)))
     _seed_everything(cfg.seed)  # same initial weights everywhere; DDP broadcasts rank 0's anyway
     device = ray.train.torch.get_device()
+    policy = device_policy(device.type, cfg)
 
     store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
     plan = plan_visits(store, cfg.data.target, cfg.data.ratio, cfg.data.subset_seed)
     model = create_model(cfg.model.name, in_channels=1, out_channels=1, **cfg.model.kwargs)
-
-    # -- restore: a Ray checkpoint (restart / resumed run) wins over --init ----------------------
-    start_epoch, history, pretrained = 0, [], set()
-    train_state: dict[str, Any] | None = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            model.load_state_dict(load_member_file(Path(d) / MODEL_FILE)["state_dict"])
-            train_state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
-        start_epoch = train_state["epoch"] + 1
-        history = train_state["history"]
-        pretrained = set(train_state["pretrained"])
-    elif loop_config.get("init_member") is not None:
-        init = loop_config["init_member"]  # an ObjectRef to a member payload, or a file path
-        payload = ray.get(init) if isinstance(init, ray.ObjectRef) else load_member_file(init)
-        pretrained = set(load_pretrained(model, payload["state_dict"], reinit_head=cfg.reinit_head))
-
-    if device.type == "cuda" and cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    opt = build_optimizer(model, cfg.optim, pretrained)
-    sched = build_scheduler(opt, cfg.optim, cfg.epochs)
-    if train_state is not None:
-        opt.load_state_dict(train_state["optimizer"])
-        sched.load_state_dict(train_state["scheduler"])
-        torch.set_rng_state(train_state["torch_rng"])
-    ddp_model = ray.train.torch.prepare_model(model)
+    restored = restore_state(model, cfg, loop_config.get("init_member"))
+    model = policy.prepare_model(model, device)
+    opt, sched = build_optimisation(model, cfg, restored)
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
     net = ddp_model.module if hasattr(ddp_model, "module") else ddp_model
-
-    # -- data: this worker's shard of crops and of validation volumes ----------------------------
-    crops = CropDataset(cfg.data, plan.train_keys, seed=cfg.seed)
-    sampler = DistributedSampler(crops, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=sampler,
-                        num_workers=cfg.data.loader_workers, persistent_workers=False,
-                        pin_memory=device.type == "cuda", drop_last=len(sampler) >= cfg.batch_size)
-    val_keys = plan.val_keys[rank::world]
-    val_loader = DataLoader(VolumeDataset(cfg.data, val_keys), batch_size=1,
-                            num_workers=min(1, cfg.data.loader_workers))
-    spacings = {k: (store.visit(k).spacing_mm[0], store.visit(k).spacing_mm[2]) for k in val_keys}
-    overlay_keys = val_keys[:2] if rank == 0 else []
+    step_model = policy.wrap_for_training(ddp_model)
+    data = build_loaders(cfg, plan, store, rank, world, policy)
     loss_fn = build_loss(cfg.loss, cfg.is_ssl)
     score_key = score_name(cfg)
+    start_epoch = restored.start_epoch
 
     logger = RunLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if rank == 0 else None
     if logger is not None:
-        for past in history:  # back-fill what a crash between checkpoint and logging lost
+        for past in restored.history:  # back-fill what a crash between checkpoint and logging lost
             logger.log_epoch(int(past["epoch"]), past, probe_key="train/loss")
         if start_epoch:
             print(f"[fpn] resumed from the checkpoint of epoch {start_epoch - 1}", flush=True)
         print(f"[fpn] {cfg.task} {cfg.model.name} target={cfg.data.target} "
               f"train visits={len(plan.train_keys)} patients={len(plan.train_patients)} "
-              f"val visits={len(plan.val_keys)} workers={world} device={device}", flush=True)
-
+              f"val visits={len(plan.val_keys)} workers={world} device={device}"
+              f"{' compile=on' if policy.compile else ''}", flush=True)
     if rank == 0 and loop_config.get("run_dir"):
         # one line per (re)start: what a fault drill reads to count repeated epochs
         append_location_line(join_location(loop_config["run_dir"], "attempts.jsonl"),
@@ -152,63 +272,19 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
 
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
-        crops.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        tr = train_epoch(ddp_model, loader, loss_fn, opt, device, cfg)
+        data.crops.set_epoch(epoch)
+        data.sampler.set_epoch(epoch)
+        tr = train_epoch(step_model, data.loader, loss_fn, opt, device, cfg, policy)
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        val, probs = validate(net, val_loader, device, cfg, spacings, overlay_keys)
-        parts = _gather((val.records, tr), world)
-        val.merge([p[0] for p in parts])
-        agg = val.aggregate()
-        crops_total = sum(p[1]["crops"] for p in parts)
-        seconds = max(p[1]["seconds"] for p in parts)
-        metrics: dict[str, float] = {
-            "epoch": float(epoch),
-            "train/loss": float(np.mean([p[1]["loss"] for p in parts])),
-            "train/crops_per_s": crops_total / max(seconds, 1e-9),
-            "train/lr": lr,
-            **{f"val/{k}": v for k, v in agg.items()},
-        }
-        metrics["val_score"] = float(metrics.get(score_key, float("nan")))
-        history.append(metrics)
-
-        if cfg.fail_at_epoch == epoch and rank == world - 1:
-            marker = join_location(loop_config["run_dir"], f".fault-drill-epoch{epoch}")
-            if not location_exists(marker):
-                write_location_text(marker, "the fault drill killed this worker once here\n")
-                # Ray Train's controller collects reports every couple of seconds; on toy-sized
-                # epochs a death within that window would also lose the previous report, which
-                # real epochs (minutes) never do. Wait it out so the drill tests the restart.
-                time.sleep(6.0)
-                print(f"[fpn] fault drill: worker {rank} dies at epoch {epoch}", flush=True)
-                os._exit(17)
-
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                save_member(Path(tmp) / MODEL_FILE, net, model_name=cfg.model.name,
-                            model_kwargs={"in_channels": 1, "out_channels": 1, **cfg.model.kwargs},
-                            target=cfg.data.target, zscore_eps=cfg.data.zscore_eps,
-                            extra={"epoch": epoch, "val_score": metrics["val_score"]})
-                torch.save({"epoch": epoch, "history": history, "pretrained": sorted(pretrained),
-                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "torch_rng": torch.get_rng_state()}, Path(tmp) / STATE_FILE)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
-
+        val, probs = validate(net, data.val_loader, device, cfg, data.spacings, data.overlay_keys,
+                              policy)
+        metrics = epoch_metrics(epoch, tr, val, lr, world, score_key)
+        restored.history.append(metrics)
+        fault_drill(cfg, epoch, rank, world, loop_config.get("run_dir"))
+        checkpoint_and_report(epoch, metrics, net, cfg, opt, sched, restored, rank)
         if logger is not None:
-            logger.log_epoch(epoch, metrics, probe_key="train/loss")
-            if cfg.overlay_every and (epoch + 1) % cfg.overlay_every == 0 or epoch + 1 == cfg.epochs:
-                _log_overlays(logger, store, probs, cfg, epoch)
-            done = epoch + 1 - start_epoch
-            eta = (time.perf_counter() - t_start) / done * (cfg.epochs - epoch - 1)
-            val_txt = "  ".join(
-                f"{k[4:-5]} {metrics[k]:.3f}±{metrics.get(k[:-5] + '_std', 0):.3f}"
-                for k in metrics if k in ("val/dice_mean", "val/hd95_mean", "val/ssim_mean"))
-            print(f"[fpn] epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train/loss']:.4f}  "
-                  f"{val_txt}  {metrics['train/crops_per_s']:.1f} crops/s  "
-                  f"ETA {_fmt_eta(eta)}", flush=True)
+            log_epoch(logger, store, probs, metrics, cfg, epoch, start_epoch, t_start)
 
 
 def _log_overlays(logger: Any, store: Any, probs: dict[str, np.ndarray], cfg: TrainConfig,
