@@ -196,3 +196,13 @@ def test_fpn_command_line_bad_input_exits_2(capsys, tmp_path):
     assert "--data STORE is required" in capsys.readouterr().err
     assert main(["finetune", "--data", "x", "--model-arg", "width"]) == 2
     assert main(["demo"]) == 2 and "python -m tune.demo" in capsys.readouterr().err
+
+
+def test_a_run_at_its_last_epoch_is_never_stopped():
+    """ASHA's decision reaches the Train run one report late; after the last epoch the run
+    finishes whatever the board says (it would otherwise die before writing its record, and a
+    study could end with no finished trial). No Ray needed: the callback returns first."""
+    from tune.pruning import StopOnBoardCallback
+
+    callback = StopOnBoardCallback("study", "t1", last_epoch=2)
+    assert callback.after_report(None, [{"epoch": 2.0, "val_score": 0.5}], None) is None

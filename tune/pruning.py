@@ -45,29 +45,43 @@ def stop_board(study: str) -> Any:
 
 class CooperativeASHA(ASHAScheduler):
     """ASHA whose STOP decisions are posted on the study's :class:`StopBoard` instead of killing
-    the trial (see the module docstring)."""
+    the trial (see the module docstring).
+
+    A stopped trial ends at its next report, so it still reports once after the decision; that
+    late result is not recorded in ASHA's rungs (it would raise the cutoff that the other trials
+    are measured against with a trial already out of the race)."""
 
     def __init__(self, study: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._study = study
+        self._posted: set[str] = set()
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if trial.trial_id in self._posted:
+            return TrialScheduler.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP:
+            self._posted.add(trial.trial_id)
             ray.get(stop_board(self._study).stop.remote(trial.trial_id))
             return TrialScheduler.CONTINUE
         return decision
 
 
 class StopOnBoardCallback(UserCallback):
-    """Train callback: after each report, end the run if the board says so."""
+    """Train callback: after each report, end the run if the board says so, except after the
+    last epoch: a run that has trained all its epochs finishes (its checkpoints ranked, its
+    record written), whenever the decision to stop it arrived."""
 
-    def __init__(self, study: str, trial_id: str) -> None:
+    def __init__(self, study: str, trial_id: str, last_epoch: int | None = None) -> None:
         self.study = study
         self.trial_id = trial_id
+        self.last_epoch = last_epoch  #: 0-based, as the workers report ``epoch``
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: Any) -> None:
+        epochs = [m.get("epoch") for m in metrics if m and m.get("epoch") is not None]
+        if self.last_epoch is not None and epochs and max(epochs) >= self.last_epoch:
+            return
         if ray.get(stop_board(self.study).is_stopped.remote(self.trial_id)):
             raise TrialStopped(f"trial {self.trial_id} stopped early by ASHA")
 

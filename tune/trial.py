@@ -79,7 +79,8 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             T.TRIAL_PARAMS: json.dumps(config, sort_keys=True, default=str)}
     already = _finished_run(cfg)
     callbacks = None if already else [TuneReportCallback(),
-                                      StopOnBoardCallback(context["study"], trial_id)]
+                                      StopOnBoardCallback(context["study"], trial_id,
+                                                          last_epoch=cfg.epochs - 1)]
     try:
         outcome = run_training(cfg, parent_run_id=context["parent_run_id"], extra_tags=tags,
                                ray_callbacks=callbacks)
