@@ -47,7 +47,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 __all__ = ["epochs_to_reach", "main", "run_strategy"]
 
 METRIC = "val_score"
-DRIVER_CPU = 0.05  # what each trial's own function holds (as in tune/search.py)
 NEAR = 0.01  # "as good in practice": within one Dice point of the FIFO best
 
 
@@ -111,6 +110,7 @@ def run_strategy(strategy: str, *, base: dict, space: Any, trials: int, epochs: 
     from ray.tune.search.optuna import OptunaSearch
 
     from fpn.tracking import client_for, ensure_experiment, find_or_create_run
+    from tune.core import driver_resources
     from tune.pruning import CooperativeASHA, stop_board
     from tune.trial import train_trial
 
@@ -135,7 +135,7 @@ def run_strategy(strategy: str, *, base: dict, space: Any, trials: int, epochs: 
     context = {"base": base, "study": study, "parent_run_id": parent,
                "tags": {"fpn.benchmark_strategy": strategy}}
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context),
-                                    {"cpu": DRIVER_CPU})
+                                    driver_resources())
     board = stop_board(study)  # alive for the whole search
     tuner = tune.Tuner(
         trainable,
@@ -305,14 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
+    from fpn.training.ray_connect import connect_ray
+    from tune.core import cluster_capacity, plan_resources
+
     torch.set_num_threads(1)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="search_efficiency_")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=args.num_cpus, log_to_driver=False)
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    concurrency = max(1, min(args.concurrency or int(cpus), args.trials))
-    cpus_per_worker = round(max(0.05, cpus / concurrency - DRIVER_CPU), 3)
+    connect_ray(num_cpus=args.num_cpus, log_to_driver=False)
+    cpus, gpus = cluster_capacity()
+    plan = plan_resources(cpus, gpus, workers=1, max_concurrent=args.concurrency or int(cpus),
+                          runs=args.trials)
+    concurrency, cpus_per_worker = plan.concurrency, plan.cpus_per_worker
     store = args.data or _make_store(work, args.smoke)
     base = _base_config(store, work, args, cpus_per_worker)
     space = _space(args)
