@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 
 from fpn.data.lease import Lease, LeaseHeld, LeaseLost, LeaseOwner, LeaseRecord, read_lease
-from tests import test_object_storage
 
 REPO = Path(__file__).resolve().parents[1]
-s3_endpoint = test_object_storage.s3_endpoint  # the fixture: moto's S3 server on 127.0.0.1
 
 
 def _dead_holder(location: str, age_s: float, ttl_s: float = 1.0, **options) -> LeaseOwner:

@@ -21,11 +21,9 @@ from data_prep.store_writer import lease_location
 from data_prep.validate import validate_main
 from fpn.data.lease import Lease, LeaseOwner, LeaseRecord, read_lease
 from fpn.data.store import open_store
-from tests import test_object_storage
 from tests.test_convert import PATIENTS, SPLIT, write_reference_source
 
 REPO = Path(__file__).resolve().parents[1]
-s3_endpoint = test_object_storage.s3_endpoint  # the fixture: moto's S3 server on 127.0.0.1
 OTHER_PATIENTS = {"Q01": [("OD", 0, True)], "Q02": [("OS", 0, True)], "Q03": [("OD", 0, True)]}
 OTHER_SPLIT = {"train": ["Q01"], "val": ["Q02"], "test": ["Q03"]}
 
