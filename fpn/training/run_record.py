@@ -32,6 +32,9 @@ class RunRecord:
     model_uri: str | None = None
     finished: bool = False
     config: dict[str, Any] = field(default_factory=dict)
+    #: the run's identity (see fpn.training.identity); empty in records older than it
+    store_fingerprint: str = ""
+    config_hash: str = ""
 
     @property
     def best_score(self) -> float:
