@@ -92,7 +92,7 @@ def test_unsafe_run_name_is_one_line_exit_2(synthetic_store, tmp_path, capsys, n
 def test_error_after_the_mlflow_run_exists_marks_it_failed(synthetic_store, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    import fpn.training.driver as driver
+    from fpn.training import driver
 
     def broken() -> None:
         raise RuntimeError("the Ray cluster went away")

@@ -17,7 +17,13 @@ from typing import Any
 from fpn.config import TrainConfig
 from fpn.data.splits import plan_visits
 from fpn.data.store import open_store
-from fpn.inference import RUN_FILE, join_location, load_member_file, read_location_text, resolve_members
+from fpn.inference import (
+    RUN_FILE,
+    join_location,
+    load_member_file,
+    read_location_text,
+    resolve_members,
+)
 from fpn.training.identity import (
     RunIdentity,
     RunIdentityError,
