@@ -184,26 +184,28 @@ def _epochs_logged(cfg: TrainConfig, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
 
 
+@pytest.mark.slow
 def test_a_lost_worker_resumes_from_the_last_step_checkpoint(synthetic_store, ray_local,
                                                              tmp_path):
     from fpn.inference import MODEL_FILE
     from fpn.training.driver import run_training
     from fpn.training.worker import STATE_FILE, STEP_CHECKPOINT_FILE
 
-    cfg = _cfg(synthetic_store, tmp_path, run_name="steps", checkpoint_every_steps=2,
+    cfg = _cfg(synthetic_store, tmp_path, run_name="steps", epochs=1, checkpoint_every_steps=2,
                fail_at_step=3)
     outcome = run_training(cfg)
     attempts = _attempts(outcome.run_dir)
     # died after step 3 of epoch 0; the checkpoint of step 2 re-runs one step, not the epoch
     assert [(a["start_epoch"], a["start_step"]) for a in attempts] == [(0, 0), (0, 2)]
-    assert _epochs_logged(cfg, outcome.mlflow_run_id) == [0, 1]
+    assert _epochs_logged(cfg, outcome.mlflow_run_id) == [0]
     step = torch.load(Path(outcome.run_dir) / STEP_CHECKPOINT_FILE, weights_only=True)
-    assert step["epoch"] == 1 and step["step"] % 2 == 0 and step["world_size"] == 2
+    assert step["epoch"] == 0 and step["step"] >= 2 and step["world_size"] == 2
     epoch_state = torch.load(Path(outcome.best_checkpoints[0]) / STATE_FILE, weights_only=True)
     assert epoch_state["step"] == 0 and len(epoch_state["history"]) == epoch_state["epoch"] + 1
     assert (Path(outcome.best_checkpoints[0]) / MODEL_FILE).is_file()
 
 
+@pytest.mark.slow
 def test_a_spot_notice_checkpoints_at_the_next_step_and_the_restart_goes_on(
         synthetic_store, ray_local, tmp_path, metadata):
     from fpn.training.driver import run_training
