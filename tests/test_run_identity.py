@@ -131,3 +131,17 @@ def test_a_run_name_on_another_store_or_config_is_refused(synthetic_store, other
     again = run_training(_cfg(synthetic_store, tmp_path, run_name="X", workers=1))
     assert again.best_checkpoints == first.best_checkpoints
     assert len((Path(first.run_dir) / "attempts.jsonl").read_text().splitlines()) == 1
+
+
+def test_finished_run_checks_identity_when_asked(tmp_path):
+    from fpn.training.run_record import finished_run
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "fpn_run.json").write_text(json.dumps({
+        "run_name": "r", "run_dir": str(run_dir), "finished": True,
+        "store_fingerprint": "A", "config_hash": "h"}))
+    assert finished_run(str(tmp_path), "r") is not None
+    assert finished_run(str(tmp_path), "r", store_fingerprint="A", config_hash="h") is not None
+    assert finished_run(str(tmp_path), "r", store_fingerprint="B") is None
+    assert finished_run(str(tmp_path), "r", store_fingerprint="A", config_hash="g") is None
