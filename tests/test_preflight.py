@@ -89,7 +89,8 @@ def test_unsafe_run_name_is_one_line_exit_2(synthetic_store, tmp_path, capsys, n
     _no_tracking_no_run_dir(tmp_path)
 
 
-def test_error_after_the_mlflow_run_exists_marks_it_failed(synthetic_store, tmp_path, monkeypatch):
+def test_error_after_the_mlflow_run_exists_marks_it_failed(synthetic_store, ray_local, tmp_path,
+                                                           monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from fpn.training import driver
@@ -105,3 +106,10 @@ def test_error_after_the_mlflow_run_exists_marks_it_failed(synthetic_store, tmp_
     runs = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
     assert runs[0].data.tags["fpn.status"] == "failed"
+    # run again once the cause is gone: the same MLflow run continues, and finishes
+    monkeypatch.undo()
+    outcome = driver.run_training(cfg)
+    assert outcome.mlflow_run_id == runs[0].info.run_id
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["fpn.status"] == "finished"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0]

@@ -254,7 +254,8 @@ def open_mlflow_run(cfg: TrainConfig, store: Any, plan: Any, name: str,
         logger.log_params(cfg.flat_params())
         logger.log_text(cfg.to_yaml(), "config.yaml")
         logger.log_text("\n".join(plan.train_patients) + "\n", "train_patients.txt")
-    else:
+    else:  # an unfinished run of this very run (a crash left it FAILED or KILLED): running again
+        client.update_run(run_id, status="RUNNING")
         print(f"[fpn] continuing MLflow run {run_id} ({name})", flush=True)
     return MlflowRun(uri, client, run_id, logger)
 
