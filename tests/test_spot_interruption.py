@@ -37,7 +37,7 @@ class _Metadata:
             def log_message(self, *args):  # quiet
                 pass
 
-            def do_PUT(self):  # noqa: N802
+            def do_PUT(self):
                 ok = self.path == "/latest/api/token" and self.headers.get(
                     "X-aws-ec2-metadata-token-ttl-seconds")
                 body = b"tok-123"
@@ -46,7 +46,7 @@ class _Metadata:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 if self.path != "/latest/meta-data/spot/instance-action":
                     self.send_error(404)
                     return
