@@ -47,6 +47,11 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader-workers", type=int)
     p.add_argument("--keep-best", type=int)
     p.add_argument("--max-failures", type=int)
+    p.add_argument("--checkpoint-every-steps", type=int, metavar="N",
+                   help="also checkpoint every N optimizer steps (spot nodes: a reclaim then "
+                   "costs at most N steps)")
+    p.add_argument("--spot-notice-url", help="poll this EC2 spot interruption notice URL and "
+                   "checkpoint at the next step on a notice (default: $FPN_SPOT_NOTICE_URL, else off)")
     p.add_argument("--storage", help="Ray storage path or URL for checkpoints")
     p.add_argument("--mlflow", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment name")
@@ -87,7 +92,8 @@ def config_from_args(args: argparse.Namespace, task: str) -> Any:
         "gpus_per_worker": "gpus_per_worker",
         "cpus_per_worker": "cpus_per_worker", "threads_per_worker": "threads_per_worker",
         "loader_workers": "data.loader_workers", "keep_best": "keep_best",
-        "max_failures": "max_failures", "storage": "storage", "mlflow": "mlflow",
+        "max_failures": "max_failures", "checkpoint_every_steps": "checkpoint_every_steps",
+        "spot_notice_url": "spot_notice_url", "storage": "storage", "mlflow": "mlflow",
         "experiment": "experiment", "noise_std": "data.noise_std",
     }
     for attr, dotted in mapping.items():

@@ -146,6 +146,16 @@ class TrainConfig(_Section):
     fail_at_epoch: int | None = Field(
         None, ge=0, description="fault drill: one worker process dies once at this epoch, after "
         "its training pass and before its checkpoint (tests and drills only)")
+    fail_at_step: int | None = Field(
+        None, ge=1, description="fault drill: one worker process dies once after this many "
+        "optimizer steps of epoch fail_at_epoch (default 0) (tests and drills only)")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint every N optimizer steps within an epoch, so "
+        "that a lost node (a spot reclaim) costs at most N steps; None: per epoch only")
+    spot_notice_url: str | None = Field(
+        None, description="poll this EC2 spot interruption notice URL (on EC2: http://"
+        "169.254.169.254/latest/meta-data/spot/instance-action) and checkpoint at the next step "
+        "on a notice; None: $FPN_SPOT_NOTICE_URL, else off")
 
     @model_validator(mode="after")
     def _elastic_range(self) -> TrainConfig:

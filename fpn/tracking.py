@@ -19,9 +19,11 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["RunLogger", "client_for", "ensure_experiment", "find_or_create_run", "git_revision"]
+__all__ = ["RUN_IDENTITY_TAG", "RUN_NAME_TAG", "RunLogger", "client_for", "ensure_experiment", "find_or_create_run", "git_revision"]
 
 RUN_NAME_TAG = "fpn.run_name"
+#: a training run's identity: a hash of its store fingerprint and its config hash
+RUN_IDENTITY_TAG = "fpn.run_identity"
 
 
 def git_revision() -> str:
@@ -58,15 +60,32 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
 
 
 def find_or_create_run(client: MlflowClient, experiment_id: str, run_name: str,
-                       tags: dict[str, str], parent_run_id: str | None = None) -> tuple[str, bool]:
-    """Return ``(run_id, resumed)``: the unfinished run of this name, or a new one."""
+                       tags: dict[str, str], parent_run_id: str | None = None, *,
+                       identity: str | None = None,
+                       reopen_finished: bool = True) -> tuple[str, bool]:
+    """Return ``(run_id, resumed)``: the run of this name to continue, or a new one.
+
+    With ``identity`` (a training run's :attr:`~fpn.training.identity.RunIdentity.key`) only a
+    run tagged with that identity is continued, and with ``reopen_finished=False`` never a
+    FINISHED one: continuing a finished run would make :meth:`RunLogger.log_epoch` skip every
+    epoch it already holds, dropping the new run's metrics. The new run is tagged with it.
+    """
+    if "'" in run_name or "`" in run_name:
+        raise ValueError(f"invalid run name {run_name!r}: no quotes")
+    query = f"tags.`{RUN_NAME_TAG}` = '{run_name}'"
+    if identity is not None:
+        query += f" and tags.`{RUN_IDENTITY_TAG}` = '{identity}'"
+    if not reopen_finished:
+        query += " and attributes.status != 'FINISHED'"
     found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+        [experiment_id], filter_string=query,
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     if found:
         return found[0].info.run_id, True
     all_tags = {RUN_NAME_TAG: run_name, "mlflow.runName": run_name, **tags}
+    if identity is not None:
+        all_tags[RUN_IDENTITY_TAG] = identity
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)

@@ -1,9 +1,14 @@
 """The training driver: builds the TorchTrainer for one run, names it, tracks it, collects the k best.
 
 ``run_training(cfg)`` is what ``python -m fpn pretrain|finetune`` calls and what a Tune trial
-calls (with the trial's name, so that a restarted trial resumes). Running it again with the same
-run name resumes the Ray Train run from its last checkpoint and continues the same MLflow run; a
-run that already finished is not trained again.
+calls (with the trial's name, so that a restarted trial resumes). It starts with
+:func:`~fpn.training.preflight.preflight` (model, depth, ``--init``, run name, identity), before
+Ray or MLflow. A run is known by its store fingerprint and config hash (recorded in
+``fpn_run.json`` from its start and as MLflow tags): running it again with the same name, store and
+config resumes the Ray Train run from its last checkpoint and continues the same unfinished MLflow
+run, and a finished one is not trained again; the same name on another store or config is refused
+(a chosen ``run_name``) or gets its own name (a derived one), see :mod:`fpn.training.identity`.
+An error after the MLflow run exists marks it FAILED (KILLED on Ctrl-C), never leaves it RUNNING.
 
 Storage may be an object store (``--storage s3://bucket/runs``): Ray Train writes checkpoints
 there, the run directory's own files (``fpn_run.json``, ``attempts.jsonl``, the fault-drill
@@ -27,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from fpn.config import TrainConfig
-from fpn.data.splits import plan_visits
-from fpn.data.store import open_store
 from fpn.inference import (
     MODEL_FILE,
     RUN_FILE,
@@ -40,12 +43,13 @@ from fpn.inference import (
     write_location_text,
 )
 from fpn.training.device import device_policy
+from fpn.training.preflight import preflight
 from fpn.training.ray_connect import connect_ray
 from fpn.training.worker import score_name, train_fn_per_worker
 
 __all__ = ["FORWARDED_ENV", "MlflowRun", "TrainingOutcome", "build_trainer", "collect_outcome",
            "connect_ray", "ensure_ray", "finished_outcome", "init_member_ref", "open_mlflow_run",
-           "run_training", "storage_filesystem", "worker_env_vars"]
+           "preflight", "run_training", "storage_filesystem", "worker_env_vars"]
 
 log = logging.getLogger(__name__)
 
@@ -138,45 +142,60 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
     Returns:
         The outcome; its ``best_checkpoints`` feed :func:`fpn.inference.load_ensemble`.
     """
-    # Fail in the driver, with the store's name, before any worker starts.
-    store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
-    plan = plan_visits(store, cfg.data.target, cfg.data.ratio, cfg.data.subset_seed)
-    name = cfg.resolved_run_name()
+    # Every check that needs neither Ray nor MLflow first: a bad run fails in one line here.
+    pf = preflight(cfg)
+    store, plan, name, run_dir = pf.store, pf.plan, pf.name, pf.run_dir
     storage = cfg.storage_path()
-    run_dir = join_location(storage, name)  # a path, or a URL for remote storage
     run_file = join_location(run_dir, RUN_FILE)
-    done = finished_outcome(run_file)
-    if done is not None:
+    if pf.finished:  # the same store and config finished under this name: reuse it
         log.info("%s: already finished; not training again", run_dir)
-        print(f"[fpn] run {name} already finished ({run_dir}); not training again", flush=True)
+        print(f"[fpn] run {name} already finished ({run_dir}, same store and config); "
+              "not training again", flush=True)
+        done = finished_outcome(run_file)
+        assert done is not None
         return done
+    identity = {"store_fingerprint": pf.identity.store_fingerprint,
+                "config_hash": pf.identity.config_hash}
+    if pf.record is None:  # claim the name for this run before anything is trained under it
+        _write_json_atomic(run_file, {"run_name": name, "run_dir": run_dir, "finished": False,
+                                      **identity, "config": cfg.model_dump(mode="json")})
 
-    run = open_mlflow_run(cfg, store, plan, name, parent_run_id, extra_tags)
-    connect_ray()  # before any Ray call (ray.put below): never a stale recorded cluster
-    init_ref = init_member_ref(cfg, run)
-    trainer = build_trainer(cfg, name, storage, run_dir, run, init_ref, ray_callbacks, worker_env)
+    run = open_mlflow_run(cfg, store, plan, name, parent_run_id,
+                          {**(extra_tags or {}), "fpn.config_hash": pf.identity.config_hash},
+                          identity=pf.identity.key)
     try:
+        connect_ray()  # before any Ray call (ray.put below): never a stale recorded cluster
+        init_ref = init_member_ref(cfg, run, pf.init_payload)
+        trainer = build_trainer(cfg, name, storage, run_dir, run, init_ref, ray_callbacks,
+                                worker_env)
         result = trainer.fit()
-    except Exception:
-        run.logger.set_tags({"fpn.status": "failed"})
-        run.logger.finish("FAILED")
-        raise
-    outcome = collect_outcome(result, cfg, name, run_dir, storage, run.run_id, plan)
-    _log_curves(run.logger, run.client, run.run_id)
-    if cfg.log_model and outcome.best_checkpoints:
-        from fpn.serving import log_ensemble_model
+        outcome = collect_outcome(result, cfg, name, run_dir, storage, run.run_id, plan)
+        _log_curves(run.logger, run.client, run.run_id)
+        if cfg.log_model and outcome.best_checkpoints:
+            from fpn.serving import log_ensemble_model
 
-        member_files = ([resolve_members(c)[0] for c in outcome.best_checkpoints]
-                        if is_remote(run_dir) else
-                        [Path(p) / MODEL_FILE for p in outcome.best_checkpoints])
-        outcome.model_uri = log_ensemble_model(
-            run.uri, run.run_id, member_files, shape=store.visit(plan.val_keys[0]).shape)
+            member_files = ([resolve_members(c)[0] for c in outcome.best_checkpoints]
+                            if is_remote(run_dir) else
+                            [Path(p) / MODEL_FILE for p in outcome.best_checkpoints])
+            outcome.model_uri = log_ensemble_model(
+                run.uri, run.run_id, member_files, shape=store.visit(plan.val_keys[0]).shape)
+    except BaseException as exc:  # no MLflow run is left RUNNING by an error
+        _terminate_failed(run, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     best = f"{outcome.best_scores[0]:.4f}" if outcome.best_scores else "nan"
     run.logger.set_tags({"fpn.best_score": best, "fpn.status": "finished"})
     run.logger.finish("FINISHED")
-    _write_json_atomic(run_file, {**asdict(outcome), "finished": True,
+    _write_json_atomic(run_file, {**asdict(outcome), "finished": True, **identity,
                                   "config": cfg.model_dump(mode="json")})
     return outcome
+
+
+def _terminate_failed(run: MlflowRun, status: str) -> None:
+    try:
+        run.logger.set_tags({"fpn.status": status.lower()})
+        run.logger.finish(status)
+    except Exception:  # the original error matters more than a tracking hiccup
+        log.exception("could not mark MLflow run %s %s", run.run_id, status)
 
 
 def finished_outcome(run_file: str) -> TrainingOutcome | None:
@@ -201,8 +220,13 @@ class MlflowRun:
 
 
 def open_mlflow_run(cfg: TrainConfig, store: Any, plan: Any, name: str,
-                    parent_run_id: str | None, extra_tags: dict[str, str] | None) -> MlflowRun:
-    """Find (a resumed run) or create the run's MLflow run; a new one gets params and config."""
+                    parent_run_id: str | None, extra_tags: dict[str, str] | None, *,
+                    identity: str | None = None) -> MlflowRun:
+    """Find (a resumed run) or create the run's MLflow run; a new one gets params and config.
+
+    With ``identity`` only an unfinished run of this name *and* identity is continued; anything
+    else (another store or config, or a finished run) gets a new MLflow run.
+    """
     from fpn.tracking import (
         RunLogger,
         client_for,
@@ -222,26 +246,32 @@ def open_mlflow_run(cfg: TrainConfig, store: Any, plan: Any, name: str,
         "fpn.train_visits": str(len(plan.train_keys)),
         **cfg.tags, **(extra_tags or {}),
     }
-    run_id, resumed = find_or_create_run(client, exp_id, name, tags, parent_run_id)
+    run_id, resumed = find_or_create_run(client, exp_id, name, tags, parent_run_id,
+                                         identity=identity,
+                                         reopen_finished=identity is None)
     logger = RunLogger(uri, run_id)
     if not resumed:
         logger.log_params(cfg.flat_params())
         logger.log_text(cfg.to_yaml(), "config.yaml")
         logger.log_text("\n".join(plan.train_patients) + "\n", "train_patients.txt")
-    else:
+    else:  # an unfinished run of this very run (a crash left it FAILED or KILLED): running again
+        client.update_run(run_id, status="RUNNING")
         print(f"[fpn] continuing MLflow run {run_id} ({name})", flush=True)
     return MlflowRun(uri, client, run_id, logger)
 
 
-def init_member_ref(cfg: TrainConfig, run: MlflowRun) -> Any:
-    """``--init``'s best member, put in Ray's object store (None without ``--init``): resolved in
-    the driver, so that workers on other nodes need no registry or storage access."""
+def init_member_ref(cfg: TrainConfig, run: MlflowRun, payload: dict[str, Any] | None = None
+                    ) -> Any:
+    """``--init``'s best member (``payload``, as :func:`~fpn.training.preflight.check_init`
+    loaded and checked it; resolved here when not given), put in Ray's object store (None
+    without ``--init``): workers on other nodes need no registry or storage access."""
     if not cfg.init:
         return None
     import ray
 
-    member = resolve_members(cfg.init, run.uri, k=1)[0]
-    ref = ray.put(load_member_file(member))
+    if payload is None:
+        payload = load_member_file(resolve_members(cfg.init, run.uri, k=1)[0])
+    ref = ray.put(payload)
     run.logger.set_tags({"fpn.init": cfg.init})
     return ref
 

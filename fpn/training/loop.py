@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -57,16 +57,23 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig,
 
 def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module,
                 opt: torch.optim.Optimizer, device: torch.device, cfg: TrainConfig,
-                policy: DevicePolicy | None = None) -> dict[str, float]:
+                policy: DevicePolicy | None = None, *, start_step: int = 0,
+                partial: tuple[float, int] = (0.0, 0),
+                after_step: Callable[[int, float, int], None] | None = None) -> dict[str, float]:
     """One pass over this worker's shard of crops; returns loss, crops and seconds.
 
     ``policy`` (default: :func:`device_policy` for ``device``) decides the input's memory format,
-    the copies and the autocast dtype.
+    the copies and the autocast dtype. A pass resumed from a mid-epoch checkpoint skips its first
+    ``start_step`` batches (the same ones: the sampler and crops are seeded by the epoch) and
+    continues the loss sum and crop count of ``partial``. ``after_step(steps_done, loss_sum,
+    crops)`` runs after every optimizer step (mid-epoch checkpoints, stop requests).
     """
     policy = policy or device_policy(device.type, cfg)
     model.train()
-    total, n, t0 = 0.0, 0, time.perf_counter()
-    for oct_crop, target in loader:
+    total, n, t0 = float(partial[0]), int(partial[1]), time.perf_counter()
+    for step, (oct_crop, target) in enumerate(loader):
+        if step < start_step:
+            continue
         oct_crop = policy.prepare_input(oct_crop, device)
         target = target.to(device, non_blocking=policy.non_blocking)
         with policy.autocast():
@@ -82,6 +89,8 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module,
         opt.step()
         total += float(loss.detach()) * oct_crop.shape[0]
         n += oct_crop.shape[0]
+        if after_step is not None:
+            after_step(step + 1, total, n)
     return {"loss": total / max(n, 1), "crops": float(n), "seconds": time.perf_counter() - t0}
 
 

@@ -1,7 +1,8 @@
 """A run's record, ``fpn_run.json``: what a finished training run left, at a path or a URL.
 
-The driver writes it when a run finishes (its :class:`~fpn.training.driver.TrainingOutcome`,
-``finished: true`` and the resolved config); everything that asks "is this run finished, and
+The driver writes it when a run starts (``finished: false``, its identity: ``store_fingerprint``
+and ``config_hash``, and the resolved config) and again when it finishes (its
+:class:`~fpn.training.driver.TrainingOutcome`, ``finished: true``); everything that asks "is this run finished, and
 where are its best checkpoints?" reads it here, through fsspec, so that a local run directory
 and one on an object store (``s3://...``) are read the same way.
 """
@@ -32,6 +33,9 @@ class RunRecord:
     model_uri: str | None = None
     finished: bool = False
     config: dict[str, Any] = field(default_factory=dict)
+    #: the run's identity (see fpn.training.identity); empty in records older than it
+    store_fingerprint: str = ""
+    config_hash: str = ""
 
     @property
     def best_score(self) -> float:
@@ -64,14 +68,26 @@ def read_run_record(run_dir: str) -> RunRecord | None:
     return None if text is None else RunRecord.from_json(text, location)
 
 
-def finished_run(storage: str, run_name: str) -> RunRecord | None:
+def finished_run(storage: str, run_name: str, *, store_fingerprint: str | None = None,
+                 config_hash: str | None = None) -> RunRecord | None:
     """The record of run ``run_name`` under ``storage`` when it finished; else None (also for a
-    record that cannot be read: the run is then trained again, which rewrites it)."""
+    record that cannot be read: the run is then trained again, which rewrites it).
+
+    With ``store_fingerprint`` / ``config_hash`` (see :func:`fpn.training.identity.run_identity`)
+    a record of another store or config is not this run's: None (``run_training`` then refuses
+    the name, naming both).
+    """
     try:
         record = read_run_record(join_location(storage, run_name))
     except ValueError:
         return None
-    return record if record is not None and record.finished else None
+    if record is None or not record.finished:
+        return None
+    if store_fingerprint is not None and record.store_fingerprint != store_fingerprint:
+        return None
+    if config_hash is not None and record.config_hash != config_hash:
+        return None
+    return record
 
 
 def write_run_record(run_dir: str, outcome: dict[str, Any], config: dict[str, Any]) -> None:

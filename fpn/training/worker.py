@@ -6,6 +6,15 @@ metrics. Rank 0 writes the checkpoint (``model.pt``, an ensemble member, plus ``
 and logs the epoch to MLflow *after* Ray has persisted the checkpoint, so that a restart from the
 last checkpoint never logs an epoch twice; on a restart it back-fills any epoch the checkpoint
 holds that MLflow lacks.
+
+The training state (optimiser, scheduler, RNG, history, the ``--init`` parameter names, epoch
+and step) holds tensors and builtins only and is read with ``torch.load(weights_only=True)``:
+storage every worker may write never gets to run code in another. With
+``checkpoint_every_steps`` (or on a stop request: SIGTERM or a spot notice, see
+:mod:`fpn.training.interruption`) rank 0 also writes a mid-epoch checkpoint,
+``step_checkpoint.pt`` in the run directory, after every N optimizer steps; a restart resumes from
+it when it is newer than Ray's last epoch checkpoint, skipping the steps already taken, so a lost
+node costs at most N steps.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from fpn.data.store import open_store
 from fpn.inference import (
     MODEL_FILE,
     append_location_line,
+    is_remote,
     join_location,
     load_member_file,
     location_exists,
@@ -39,13 +49,93 @@ from fpn.inference import (
 )
 from fpn.losses import build_loss
 from fpn.training.device import DevicePolicy, device_policy
+from fpn.training.interruption import (
+    SpotNoticePoller,
+    StopRequest,
+    TrainingInterrupted,
+    install_sigterm_handler,
+    spot_notice_url,
+)
 from fpn.training.loop import build_optimizer, build_scheduler, train_epoch, validate
 
-__all__ = ["STATE_FILE", "RestoredState", "WorkerData", "build_loaders", "build_optimisation",
-           "checkpoint_and_report", "epoch_metrics", "fault_drill", "log_epoch", "restore_state",
-           "score_name", "train_fn_per_worker"]
+__all__ = [
+    "STATE_FILE",
+    "STEP_CHECKPOINT_FILE",
+    "RestoredState",
+    "WorkerData",
+    "build_loaders",
+    "build_optimisation",
+    "checkpoint_and_report",
+    "epoch_metrics",
+    "fault_drill",
+    "load_train_state",
+    "log_epoch",
+    "restore_state",
+    "save_train_state",
+    "score_name",
+    "step_fault_drill",
+    "train_fn_per_worker",
+    "train_state",
+]
 
 STATE_FILE = "train_state.pt"
+#: the mid-epoch checkpoint in the run directory (model weights and training state, one file)
+STEP_CHECKPOINT_FILE = "step_checkpoint.pt"
+
+
+def train_state(epoch: int, step: int, restored: RestoredState, opt: torch.optim.Optimizer,
+                sched: Any, world: int, partial: tuple[float, int] = (0.0, 0)) -> dict[str, Any]:
+    """The training state as tensors and builtins only (``weights_only=True`` loads it).
+    ``step``: optimizer steps done in ``epoch`` (0: the epoch is complete)."""
+    return {"epoch": int(epoch), "step": int(step), "world_size": int(world),
+            "history": [{k: float(v) for k, v in h.items()} for h in restored.history],
+            "pretrained": sorted(restored.pretrained),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "partial": [float(partial[0]), int(partial[1])]}
+
+
+def save_train_state(state: dict[str, Any], location: str | Path) -> None:
+    """Write a training state (or a step checkpoint) to a path or URL, whole or not at all."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    location = str(location)
+    if is_remote(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(location)
+        fs.pipe_file(path, buf.getvalue())
+        return
+    p = Path(location.removeprefix("file://"))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, p)
+
+
+def load_train_state(location: str | Path) -> dict[str, Any] | None:
+    """A training state written by :func:`save_train_state`, loaded with ``weights_only=True``
+    (never unpickling code); None when there is none."""
+    import io
+
+    location = str(location)
+    if is_remote(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(location)
+        fs.invalidate_cache()
+        try:
+            data = fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+    else:
+        p = Path(location.removeprefix("file://"))
+        if not p.is_file():
+            return None
+        data = p.read_bytes()
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def score_name(cfg: TrainConfig) -> str:
@@ -82,6 +172,10 @@ class RestoredState:
     history: list[dict[str, float]] = field(default_factory=list)
     pretrained: set[str] = field(default_factory=set)
     train_state: dict[str, Any] | None = None
+    #: optimizer steps of ``start_epoch`` already taken (a mid-epoch checkpoint), and their
+    #: loss sum and crop count
+    start_step: int = 0
+    partial: tuple[float, int] = (0.0, 0)
 
 
 @dataclass
@@ -96,21 +190,37 @@ class WorkerData:
     overlay_keys: list[str]
 
 
-def restore_state(model: torch.nn.Module, cfg: TrainConfig, init_member: Any) -> RestoredState:
-    """Load the weights a worker starts from: a Ray checkpoint (a restart or a resumed run) wins
-    over ``--init`` (``init_member``: an ObjectRef to a member payload, or a file path)."""
+def restore_state(model: torch.nn.Module, cfg: TrainConfig, init_member: Any,
+                  run_dir: str | None = None, world: int = 1) -> RestoredState:
+    """Load the weights a worker starts from: a mid-epoch step checkpoint newer than Ray's last
+    checkpoint wins over that checkpoint (a restart or a resumed run), which wins over ``--init``
+    (``init_member``: an ObjectRef to a member payload, or a file path)."""
     import ray
     import ray.train
 
     from fpn.models import load_pretrained
 
+    restored: RestoredState | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             model.load_state_dict(load_member_file(Path(d) / MODEL_FILE)["state_dict"])
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
-        return RestoredState(start_epoch=state["epoch"] + 1, history=state["history"],
-                             pretrained=set(state["pretrained"]), train_state=state)
+            state = load_train_state(Path(d) / STATE_FILE)
+        restored = RestoredState(start_epoch=state["epoch"] + 1, history=state["history"],
+                                 pretrained=set(state["pretrained"]), train_state=state)
+    step = load_train_state(join_location(run_dir, STEP_CHECKPOINT_FILE)) if run_dir else None
+    start_epoch = restored.start_epoch if restored else 0
+    # only a checkpoint taken within the epoch that comes next, by as many workers (the shards
+    # it skips depend on the world size); an older one is superseded by the epoch's checkpoint
+    if (step is not None and step["epoch"] == start_epoch and step["step"] > 0
+            and step["world_size"] == world and start_epoch < cfg.epochs):
+        model.load_state_dict(step["state_dict"])
+        loss_sum, crops = step.get("partial", [0.0, 0])
+        return RestoredState(start_epoch=start_epoch, history=step["history"],
+                             pretrained=set(step["pretrained"]), train_state=step,
+                             start_step=int(step["step"]), partial=(float(loss_sum), int(crops)))
+    if restored is not None:
+        return restored
     if init_member is not None:
         payload = (ray.get(init_member) if isinstance(init_member, ray.ObjectRef)
                    else load_member_file(init_member))
@@ -169,7 +279,7 @@ def epoch_metrics(epoch: int, train: dict[str, float], val: Any, lr: float, worl
 
 def fault_drill(cfg: TrainConfig, epoch: int, rank: int, world: int, run_dir: str | None) -> None:
     """Tests and drills only: the last worker dies once at ``cfg.fail_at_epoch``."""
-    if cfg.fail_at_epoch != epoch or rank != world - 1:
+    if cfg.fail_at_epoch != epoch or cfg.fail_at_step is not None or rank != world - 1:
         return
     marker = join_location(run_dir, f".fault-drill-epoch{epoch}")
     if location_exists(marker):
@@ -185,7 +295,7 @@ def fault_drill(cfg: TrainConfig, epoch: int, rank: int, world: int, run_dir: st
 
 def checkpoint_and_report(epoch: int, metrics: dict[str, float], net: torch.nn.Module,
                           cfg: TrainConfig, opt: torch.optim.Optimizer, sched: Any,
-                          restored: RestoredState, rank: int) -> None:
+                          restored: RestoredState, rank: int, world: int = 1) -> None:
     """Rank 0 writes the member file and the training state; every worker reports the epoch."""
     import ray.train
 
@@ -196,10 +306,8 @@ def checkpoint_and_report(epoch: int, metrics: dict[str, float], net: torch.nn.M
                         model_kwargs={"in_channels": 1, "out_channels": 1, **cfg.model.kwargs},
                         target=cfg.data.target, zscore_eps=cfg.data.zscore_eps,
                         extra={"epoch": epoch, "val_score": metrics["val_score"]})
-            torch.save({"epoch": epoch, "history": restored.history,
-                        "pretrained": sorted(restored.pretrained),
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "torch_rng": torch.get_rng_state()}, Path(tmp) / STATE_FILE)
+            save_train_state(train_state(epoch, 0, restored, opt, sched, world),
+                             Path(tmp) / STATE_FILE)
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
 
@@ -243,7 +351,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
     plan = plan_visits(store, cfg.data.target, cfg.data.ratio, cfg.data.subset_seed)
     model = create_model(cfg.model.name, in_channels=1, out_channels=1, **cfg.model.kwargs)
-    restored = restore_state(model, cfg, loop_config.get("init_member"))
+    run_dir = loop_config.get("run_dir")
+    restored = restore_state(model, cfg, loop_config.get("init_member"), run_dir, world)
     model = policy.prepare_model(model, device)
     opt, sched = build_optimisation(model, cfg, restored)
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -258,23 +367,38 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     if logger is not None:
         for past in restored.history:  # back-fill what a crash between checkpoint and logging lost
             logger.log_epoch(int(past["epoch"]), past, probe_key="train/loss")
-        if start_epoch:
+        if restored.start_step:
+            print(f"[fpn] resumed from the step checkpoint of epoch {start_epoch}, step "
+                  f"{restored.start_step}", flush=True)
+        elif start_epoch:
             print(f"[fpn] resumed from the checkpoint of epoch {start_epoch - 1}", flush=True)
         print(f"[fpn] {cfg.task} {cfg.model.name} target={cfg.data.target} "
               f"train visits={len(plan.train_keys)} patients={len(plan.train_patients)} "
               f"val visits={len(plan.val_keys)} workers={world} device={device}"
               f"{' compile=on' if policy.compile else ''}", flush=True)
-    if rank == 0 and loop_config.get("run_dir"):
-        # one line per (re)start: what a fault drill reads to count repeated epochs
-        append_location_line(join_location(loop_config["run_dir"], "attempts.jsonl"),
-                             json.dumps({"start_epoch": start_epoch, "time": time.time(),
+    if rank == 0 and run_dir:
+        # one line per (re)start: what a fault drill reads to count repeated epochs and steps
+        append_location_line(join_location(run_dir, "attempts.jsonl"),
+                             json.dumps({"start_epoch": start_epoch,
+                                         "start_step": restored.start_step, "time": time.time(),
                                          "world_size": world}))
 
+    stop = StopRequest()
+    install_sigterm_handler(stop)  # where possible (the main thread); inside Ray: the poller
+    url = spot_notice_url(cfg.spot_notice_url)
+    poller = SpotNoticePoller(url, stop) if url else None
+    if poller is not None:
+        poller.start()
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         data.crops.set_epoch(epoch)
         data.sampler.set_epoch(epoch)
-        tr = train_epoch(step_model, data.loader, loss_fn, opt, device, cfg, policy)
+        after_step = _step_hook(cfg, epoch, net, opt, sched, restored, rank, world, device,
+                                run_dir, stop)
+        first = restored.start_step if epoch == start_epoch else 0
+        partial = restored.partial if epoch == start_epoch else (0.0, 0)
+        tr = train_epoch(step_model, data.loader, loss_fn, opt, device, cfg, policy,
+                         start_step=first, partial=partial, after_step=after_step)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         val, probs = validate(net, data.val_loader, device, cfg, data.spacings, data.overlay_keys,
@@ -282,9 +406,64 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = epoch_metrics(epoch, tr, val, lr, world, score_key)
         restored.history.append(metrics)
         fault_drill(cfg, epoch, rank, world, loop_config.get("run_dir"))
-        checkpoint_and_report(epoch, metrics, net, cfg, opt, sched, restored, rank)
+        checkpoint_and_report(epoch, metrics, net, cfg, opt, sched, restored, rank, world)
         if logger is not None:
             log_epoch(logger, store, probs, metrics, cfg, epoch, start_epoch, t_start)
+    if poller is not None:
+        poller.halt()
+
+
+def _stop_everywhere(stop: StopRequest, world: int, device: torch.device) -> bool:
+    """Whether any worker has a stop request: all of them must stop at the same step (a DDP
+    step is collective), so the flag is reduced across the group."""
+    flag = stop.is_set()
+    if world == 1 or not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _step_hook(cfg: TrainConfig, epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer,
+               sched: Any, restored: RestoredState, rank: int, world: int,
+               device: torch.device, run_dir: str | None, stop: StopRequest) -> Any:
+    """What runs after each optimizer step: the mid-epoch checkpoint every
+    ``checkpoint_every_steps`` and on a stop request (then :class:`TrainingInterrupted`), and
+    the step fault drill."""
+    every = cfg.checkpoint_every_steps
+
+    def after_step(done: int, loss_sum: float, crops: int) -> None:
+        stopping = _stop_everywhere(stop, world, device)
+        if run_dir and (stopping or (every and done % every == 0)):
+            if rank == 0:
+                state = train_state(epoch, done, restored, opt, sched, world, (loss_sum, crops))
+                state["state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+                save_train_state(state, join_location(run_dir, STEP_CHECKPOINT_FILE))
+            if world > 1 and dist.is_initialized():
+                dist.barrier()  # written before any worker goes on (or dies)
+        step_fault_drill(cfg, epoch, done, rank, world, run_dir)
+        if stopping:
+            print(f"[fpn] worker {rank}: {stop.reason or 'stop requested by another worker'}; "
+                  f"checkpointed epoch {epoch} step {done}, stopping", flush=True)
+            raise TrainingInterrupted(f"stopped at epoch {epoch} step {done}: "
+                                      f"{stop.reason or 'another worker'}")
+
+    return after_step
+
+
+def step_fault_drill(cfg: TrainConfig, epoch: int, done: int, rank: int, world: int,
+                     run_dir: str | None) -> None:
+    """Tests and drills only: the last worker dies once after ``cfg.fail_at_step`` steps of
+    epoch ``cfg.fail_at_epoch`` (default 0)."""
+    if (cfg.fail_at_step != done or (cfg.fail_at_epoch or 0) != epoch or rank != world - 1
+            or not run_dir):
+        return
+    marker = join_location(run_dir, f".fault-drill-epoch{epoch}-step{done}")
+    if location_exists(marker):
+        return
+    write_location_text(marker, "the step fault drill killed this worker once here\n")
+    print(f"[fpn] fault drill: worker {rank} dies at epoch {epoch} step {done}", flush=True)
+    os._exit(17)
 
 
 def _log_overlays(logger: Any, store: Any, probs: dict[str, np.ndarray], cfg: TrainConfig,
