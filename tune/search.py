@@ -86,6 +86,7 @@ class SearchResult:
     decision: str | None
     tracking_uri: str
     study_url: str
+    promotion_refused: bool = False  #: the registry's gate refused (GateRefused); nothing moved
 
 
 def _log(msg: str) -> None:
@@ -346,17 +347,26 @@ def _base_config(cfg: SearchConfig, store_path: str, store: Any, resources: Reso
     return base, space
 
 
-def _promote(cfg: SearchConfig, results: list[RatioResult]) -> str | None:
-    """The best registered version of this search through the registry's gate."""
-    from fpn.registry import promote
+def _promote(cfg: SearchConfig, results: list[RatioResult]) -> tuple[str | None, bool]:
+    """The best registered version of this search through the registry's gate.
+
+    Returns the decision's message and whether the gate refused (``GateRefused``: the registry
+    is unchanged; the search still prints its table and succeeds)."""
+    from fpn.registry import GateRefused, promote
 
     versions = [r for r in results if r.model_version]
     if not cfg.promote or not versions:
-        return None
+        return None, False
     best = max(versions, key=lambda r: float(r.test.get("dice_mean", -1)))
-    decision = promote(cfg.tracking_uri(), cfg.registered_name(), best.model_version).message()
+    try:
+        decision = promote(cfg.tracking_uri(), cfg.registered_name(), best.model_version).message()
+    except GateRefused as exc:
+        decision = (f"promotion of {cfg.registered_name()} version {best.model_version} refused: "
+                    f"{exc}")
+        _log(decision)
+        return decision, True
     _log(decision)
-    return decision
+    return decision, False
 
 
 def _write_table(cfg: SearchConfig, client: Any, experiment_id: str) -> tuple[str, dict[str, Path]]:
@@ -389,12 +399,12 @@ def run_search(cfg: SearchConfig) -> SearchResult:
 
     from fpn.data.store import open_store
     from fpn.tracking import client_for, ensure_experiment
-    from fpn.training.driver import ensure_ray
+    from fpn.training.ray_connect import connect_ray
 
     torch.set_num_threads(1)
     cfg.work_path().mkdir(parents=True, exist_ok=True)
-    # $RAY_ADDRESS when set; else a local Ray of our own (never another cluster on this machine)
-    ensure_ray(cfg.num_cpus)
+    # the one way to reach Ray: $RAY_ADDRESS when set; else a local Ray of our own
+    connect_ray(num_cpus=cfg.num_cpus)
     store_path = ensure_store(cfg)
     store = open_store(store_path)
     uri = cfg.tracking_uri()
@@ -404,10 +414,11 @@ def run_search(cfg: SearchConfig) -> SearchResult:
     base, space = _base_config(cfg, store_path, store, resources, cfg.search_space())
     results = [search_ratio(cfg, r, space, base, resources, store, experiment_id)
                for r in cfg.ratios]
-    decision = _promote(cfg, results)
+    decision, refused = _promote(cfg, results)
     table, files = _write_table(cfg, client, experiment_id)
     return SearchResult(results, table, {k: str(v) for k, v in files.items()},
-                        cfg.registered_name(), decision, uri, cfg.study_url())
+                        cfg.registered_name(), decision, uri, cfg.study_url(),
+                        promotion_refused=refused)
 
 
 def print_result(res: SearchResult) -> None:
