@@ -144,9 +144,12 @@ def comparison_markdown(values: Mapping[str, Mapping[float, Mapping[str, float]]
     first), per ratio a column of test Dice in % (mean ± std over test visits) and a column
     ``Wilcoxon p (RATIO)``: the two-sided paired Wilcoxon signed-rank test (over the test
     visits) of the row against the first row; ``ref.`` on the first row, ``–`` when the test is
-    undefined (no paired visit, or all differences zero)."""
+    undefined (no paired visit, or all differences zero). With one row, no test: the plain
+    table."""
     cells = comparison_cells(values)
     rows = list(values)
+    if len(rows) < 2:
+        return results.table_markdown(cells, scale=100.0)
     ratios = sorted({c.ratio for c in cells})
     by_key = {(c.row, c.ratio): c for c in cells}
     head = ["Method"]
