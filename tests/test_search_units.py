@@ -257,3 +257,36 @@ def test_the_demo_searches_scratch_and_pretrained():
     fp = "ab" * 32
     assert demo.study_name(0.1, fp) == "ga-fpn-inverted_faf-abababab-r0.1"
     assert demo.study_name(0.1, fp, "none") != demo.study_name(0.1, "cd" * 32, "none")
+
+
+@pytest.mark.integration
+def test_shared_pretraining_on_s3_trains_once(s3_endpoint, tmp_path):
+    """The same with the search's storage in a bucket (a cluster's): two trials at once (threads
+    with their own leases), one pretraining; the record and the lease live in the bucket."""
+    import threading
+
+    import s3fs
+
+    from tests.conftest import S3_BUCKET
+    from tune.pretraining import ensure_pretrained, pretraining_key
+
+    storage, counter = f"s3://{S3_BUCKET}/search/ray", str(tmp_path / "trained.txt")
+    results = {}
+
+    def trial(name: str) -> None:
+        results[name] = ensure_pretrained(storage, _pretrain_tree(), "f" * 64, requester=name,
+                                          train=_fake_training(counter), poll_s=0.2,
+                                          log=lambda m: None)
+
+    threads = [threading.Thread(target=trial, args=(f"trial-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert Path(counter).read_text().count("\n") == 1
+    assert sorted(p.reused for p in results.values()) == [False, True]
+    key = pretraining_key(_pretrain_tree(), "f" * 64)
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    assert fs.exists(f"{S3_BUCKET}/search/ray/pretrain/{key}/pretrained.json")
+    assert not fs.exists(f"{S3_BUCKET}/search/ray/pretrain/{key}/.lease")
