@@ -87,4 +87,5 @@ def check_shared_pretraining(work: Path) -> None:
 def test_each_architecture_is_pretrained_once_and_every_trial_uses_its_own(pretrained_search):
     work, out = pretrained_search
     check_shared_pretraining(work)
+    assert "pretraining(s) trained" in out and "reused" in out
     assert "| FPN (inverted_faf pretraining) |" in (work / "results" / "table.md").read_text()
