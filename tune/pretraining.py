@@ -41,6 +41,8 @@ __all__ = [
 PRETRAIN_DIR = "pretrain"
 RECORD_FILE = "pretrained.json"
 LEASE_FILE = ".lease"
+#: MLflow tag of a pretraining run (and of the trials that fine-tune it): its key
+PRETRAINING_KEY_TAG = "fpn.pretraining_key"
 #: TrainConfig keys that say where and on what a run executes, not what it learns
 _NOT_RECIPE = ("run_name", "storage", "mlflow", "experiment", "cpus_per_worker",
                "threads_per_worker", "gpus_per_worker", "init")
@@ -113,6 +115,7 @@ def ensure_pretrained(storage: str, tree: dict[str, Any], fingerprint: str, *, r
                       train: Callable[[dict[str, Any]], Any] | None = None,
                       ttl_s: float = 60.0, poll_s: float = 2.0,
                       storage_options: dict[str, Any] | None = None,
+                      tags: dict[str, str] | None = None,
                       log: Callable[[str], None] = print) -> Pretrained:
     """The pretrained network of ``tree``'s architecture: found, waited for, or trained here.
 
@@ -127,6 +130,7 @@ def ensure_pretrained(storage: str, tree: dict[str, Any], fingerprint: str, *, r
             ``pretrain-<key>``, stored in ``<storage>/pretrain``).
         ttl_s: the lease's time to live (a holder silent for longer is presumed dead).
         poll_s: how often a waiting trial looks for the record.
+        tags: more MLflow tags of the pretraining run (the default ``train`` only).
     """
     from fpn.data.lease import Lease, LeaseHeld
 
@@ -154,7 +158,7 @@ def ensure_pretrained(storage: str, tree: dict[str, Any], fingerprint: str, *, r
             done = read_pretrained(storage, key)  # finished between our look and the lease
             if done is not None:
                 continue
-            record = _train(storage, tree, key, fingerprint, requester, train, log)
+            record = _train(storage, tree, key, fingerprint, requester, train, tags or {}, log)
             lease.check()  # never publish a record after losing the lease to a takeover
             _write_record(storage, record)
             return record
@@ -163,7 +167,7 @@ def ensure_pretrained(storage: str, tree: dict[str, Any], fingerprint: str, *, r
 
 
 def _train(storage: str, tree: dict[str, Any], key: str, fingerprint: str, requester: str,
-           train: Callable[[dict[str, Any]], Any] | None,
+           train: Callable[[dict[str, Any]], Any] | None, tags: dict[str, str],
            log: Callable[[str], None]) -> Pretrained:
     tree = copy.deepcopy(tree)
     tree["run_name"] = f"pretrain-{key}"
@@ -177,8 +181,8 @@ def _train(storage: str, tree: dict[str, Any], key: str, fingerprint: str, reque
         from fpn.training.driver import run_training
 
         outcome = run_training(TrainConfig.model_validate(tree),
-                               extra_tags={T.SEARCH_ROLE: T.ROLE_PRETRAIN,
-                                           "fpn.pretraining_key": key})
+                               extra_tags={**tags, T.SEARCH_ROLE: T.ROLE_PRETRAIN,
+                                           PRETRAINING_KEY_TAG: key})
     else:
         outcome = train(tree)
     if not outcome.best_checkpoints:

@@ -400,7 +400,8 @@ def _base_config(cfg: SearchConfig, store_path: str, store: Any, resources: Reso
                                    threads=resources.threads_per_worker, store=store_path)
     pretrain_base.pop("init", None)
     return base, space, {"base": pretrain_base, "storage": cfg.storage_path(),
-                         "fingerprint": store.fingerprint}
+                         "fingerprint": store.fingerprint,
+                         "tags": {T.SEARCH_TASK: cfg.task, T.SSL: cfg.ssl}}
 
 
 def _promote(cfg: SearchConfig, results: list[RatioResult]) -> tuple[str | None, bool]:

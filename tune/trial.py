@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from fpn import tags as T
+from tune.pretraining import PRETRAINING_KEY_TAG
 
 __all__ = ["PRETRAINING_KEY_TAG", "PRETRAINING_TAG", "TRIAL_STORAGE_DIR", "train_trial",
            "trial_model_kwargs", "trial_run_name", "trial_train_config", "with_pretrained"]
@@ -61,7 +62,6 @@ def _mark_stopped(cfg: Any, parent_run_id: str) -> None:
 
 
 #: trial MLflow run tags: which shared pretraining it fine-tuned, and whether it trained it
-PRETRAINING_KEY_TAG = "fpn.pretraining_key"
 PRETRAINING_TAG = "fpn.pretraining"  # "trained" or "reused"
 
 
@@ -86,7 +86,7 @@ def with_pretrained(context: dict[str, Any], params: dict[str, Any],
 
     tree = pretraining_tree(spec["base"], trial_model_kwargs(context["base"], params))
     pre = ensure_pretrained(spec["storage"], tree, spec["fingerprint"], requester=run_name,
-                            log=lambda m: print(m, flush=True))
+                            tags=spec.get("tags"), log=lambda m: print(m, flush=True))
     base = copy.deepcopy(context["base"])
     base["init"] = pre.run_dir
     return base, {PRETRAINING_KEY_TAG: pre.key,
