@@ -148,8 +148,9 @@ def comparison_markdown(values: Mapping[str, Mapping[float, Mapping[str, float]]
     table."""
     cells = comparison_cells(values)
     rows = list(values)
-    if len(rows) < 2:
-        return results.table_markdown(cells, scale=100.0)
+    if len(rows) < 2:  # nothing to compare: no bold, no stars
+        return results.table_markdown([plain_cell(c.row, c.ratio, c.mean, c.std, c.visits)
+                                       for c in cells], scale=100.0)
     ratios = sorted({c.ratio for c in cells})
     by_key = {(c.row, c.ratio): c for c in cells}
     head = ["Method"]
