@@ -113,7 +113,7 @@ def _write_record(storage: str, record: Pretrained) -> None:
 
 def ensure_pretrained(storage: str, tree: dict[str, Any], fingerprint: str, *, requester: str,
                       train: Callable[[dict[str, Any]], Any] | None = None,
-                      ttl_s: float = 60.0, poll_s: float = 2.0,
+                      ttl_s: float = 120.0, poll_s: float = 2.0,
                       storage_options: dict[str, Any] | None = None,
                       tags: dict[str, str] | None = None,
                       log: Callable[[str], None] = print) -> Pretrained:
@@ -128,7 +128,9 @@ def ensure_pretrained(storage: str, tree: dict[str, Any], fingerprint: str, *, r
         train: trains a TrainConfig tree and returns a :class:`~fpn.training.driver.TrainingOutcome`
             (default: :func:`fpn.training.driver.run_training` under the run name
             ``pretrain-<key>``, stored in ``<storage>/pretrain``).
-        ttl_s: the lease's time to live (a holder silent for longer is presumed dead).
+        ttl_s: the lease's time to live (a holder silent for longer is presumed dead; long
+            enough that a starved heartbeat thread on a loaded node is not taken for dead, as
+            two trainings of one run would collide; a restarted search waits at most this).
         poll_s: how often a waiting trial looks for the record.
         tags: more MLflow tags of the pretraining run (the default ``train`` only).
     """
