@@ -61,7 +61,8 @@ def _mark_stopped(cfg: Any, parent_run_id: str) -> None:
     print(f"[search] {cfg.resolved_run_name()}: stopped early by ASHA", flush=True)
 
 
-#: trial MLflow run tags: which shared pretraining it fine-tuned, and whether it trained it
+#: trial MLflow run tag: whether the trial trained the shared pretraining it fine-tuned
+#: (``PRETRAINING_KEY_TAG`` says which) or reused it
 PRETRAINING_TAG = "fpn.pretraining"  # "trained" or "reused"
 
 
@@ -98,8 +99,10 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
     Args:
         config: the trial's sampled parameters, dotted TrainConfig keys (from OptunaSearch).
-        context: ``base`` (TrainConfig dump), ``study``, ``parent_run_id``, ``tags``
-            (bound with ``tune.with_parameters``).
+        context: ``base`` (TrainConfig dump), ``study``, ``parent_run_id``, ``tags``, and
+            ``pretrain`` when the configuration pretrains (the pretraining recipe, the search's
+            storage and the store's fingerprint: :func:`with_pretrained`); bound with
+            ``tune.with_parameters``.
     """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
