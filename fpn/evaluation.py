@@ -49,20 +49,28 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def _source_run_id(model_ref: str, tracking_uri: str | None) -> str | None:
-    """The MLflow run a model came from, when it can be known."""
+    """The MLflow run a model came from, when it can be known.
+
+    ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` are registered versions; ``models:/m-<id>``
+    is an MLflow 3 logged model (what ``log_model`` returns as ``model_uri``), whose run is its
+    ``source_run_id``; a run directory (path or URL) names its run in its record.
+    """
     if not model_ref.startswith(("models:/", "runs:/")):
         text = read_location_text(join_location(model_ref, RUN_FILE))  # a path or an s3:// URL
         return json.loads(text).get("mlflow_run_id") if text else None
-    if model_ref.startswith("models:/"):
-        from mlflow.tracking import MlflowClient
+    if model_ref.startswith("runs:/"):
+        return model_ref[len("runs:/"):].split("/", 1)[0] or None
+    from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=tracking_uri)
-        name, _, ref = model_ref[len("models:/"):].partition("@")
-        if ref:
-            return client.get_model_version_by_alias(name, ref).run_id
-        name, _, version = model_ref[len("models:/"):].partition("/")
-        return client.get_model_version(name, version).run_id
-    return None
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    body = model_ref[len("models:/"):].strip("/")
+    name, _, alias = body.partition("@")
+    if alias:
+        return client.get_model_version_by_alias(name, alias).run_id
+    name, _, version = body.partition("/")
+    if not version:  # models:/m-<id>: a logged model, not a registered version
+        return client.get_logged_model(name).source_run_id
+    return client.get_model_version(name, version).run_id
 
 
 def evaluate_ensemble(ensemble: Ensemble, store: Any, keys: list[str]) -> VisitMetrics:

@@ -34,6 +34,8 @@ SSL = Literal["inverted_faf", "faf", "slo", "none"]
 
 #: (S, D, W) of the demo's synthetic volumes
 DEMO_SHAPE: tuple[int, int, int] = (16, 64, 128)
+#: the search space of the demo search: two architectures, shared pretrainings
+DEMO_SPACE_FILE = Path(__file__).with_name("demo_space.yaml")
 #: the recipe (fpn/recipes/) of the demo search: within ~15 minutes on 2 CPU cores
 DEMO_RECIPE = "cpu-small"
 
@@ -52,7 +54,14 @@ class SearchConfig(BaseModel):
     pretrained: str | None = Field(None, description="checkpoint, run dir or models:/...; "
                                    "skips pretraining")
     ratios: list[float] = Field(default_factory=lambda: [0.1, 1.0])
-    trials: int = Field(4, ge=1, description="trials per ratio")
+    trials: int | None = Field(None, ge=1, description="trials per ratio and configuration "
+                               "(default: 3 for the demo, else 4)")
+    baseline: bool | None = Field(
+        None, description="also search the network from scratch (ssl none), the table's "
+        "baseline row, compared with the pretrained row per ratio (default: on for the demo)")
+    strict_space: bool = Field(False, description="refuse (instead of dropping with a warning) "
+                               "a network knob that cannot change the network at the store's "
+                               "depth")
     max_concurrent: int | None = Field(None, ge=1, description="default: from the resources")
     workers_per_trial: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0.0, ge=0.0)
@@ -112,7 +121,23 @@ class SearchConfig(BaseModel):
         return self.min_crops_per_epoch or (48 if self.is_demo else None)
 
     def pretraining_epochs(self) -> int:
-        return self.pretrain_epochs or (6 if self.is_demo else self.train_epochs())
+        return self.pretrain_epochs or (4 if self.is_demo else self.train_epochs())
+
+    def trials_per_ratio(self) -> int:
+        return self.trials or (3 if self.is_demo else 4)
+
+    def configurations(self) -> list[str]:
+        """The SSL targets searched, one table row each: from scratch first when it is the
+        baseline of a pretrained search."""
+        with_baseline = self.baseline if self.baseline is not None else self.is_demo
+        if self.ssl == "none" or self.pretrained or not with_baseline:
+            return [self.ssl]
+        return ["none", self.ssl]
+
+    def space_file(self) -> Path:
+        if self.space:
+            return Path(self.space)
+        return DEMO_SPACE_FILE if self.is_demo else DEFAULT_SPACE_FILE
 
     def train_epochs(self) -> int:
         return self.epochs or (3 if self.is_demo else 40)
@@ -163,7 +188,7 @@ class SearchConfig(BaseModel):
         except ValidationError as exc:
             raise ValueError(f"train settings (recipe {self.recipe_name()!r}, then --set/train): "
                              f"{validation_problem(exc)}") from None
-        space_file = Path(self.space) if self.space else DEFAULT_SPACE_FILE
+        space_file = self.space_file()
         space = load_space(space_file)
         space.check_against(tree, where=str(space_file))
         self._space = space
@@ -175,8 +200,10 @@ class SearchConfig(BaseModel):
     def ssl_label(self) -> str:
         return "none" if self.ssl == "none" else self.ssl
 
-    def study_name(self, ratio: float) -> str:
-        return f"{self.task}-{self.model}-{self.ssl}-r{ratio:g}"
+    def study_name(self, ratio: float, fingerprint: str, ssl: str | None = None) -> str:
+        """The Optuna study, Tune experiment and parent run of one ratio on one store: keyed by
+        the store's fingerprint, so a search on other data never reuses this one's trials."""
+        return f"{self.task}-{self.model}-{ssl or self.ssl}-{fingerprint[:8]}-r{ratio:g}"
 
     def configuration_label(self) -> str:
         """The table's row name, e.g. ``FPN`` or ``FPN (inverted_faf pretraining)``."""

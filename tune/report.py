@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ __all__ = [
     "PARENT_ROLE",
     "TableRow",
     "collect_rows",
+    "comparison_csv",
+    "comparison_markdown",
     "model_card",
     "plot_table",
     "plot_trials",
@@ -95,12 +97,15 @@ def plot_trials(study: Any, path: str | Path) -> Path:
     return path
 
 
-def collect_rows(client: Any, experiment_id: str, task: str, model: str) -> list[TableRow]:
-    """The latest evaluated parent run of every (configuration, ratio) of ``task``/``model``."""
+def collect_rows(client: Any, experiment_id: str, task: str, model: str,
+                 fingerprint: str | None = None) -> list[TableRow]:
+    """The latest evaluated parent run of every (configuration, ratio) of ``task``/``model``
+    (on the store ``fingerprint`` when given: numbers of other data never share a table)."""
+    on_store = f" and tags.`{T.STORE_FINGERPRINT}` = '{fingerprint}'" if fingerprint else ""
     runs = client.search_runs(
         [experiment_id],
         filter_string=(f"tags.`{T.SEARCH_ROLE}` = '{PARENT_ROLE}' and tags.`{T.SEARCH_TASK}` = "
-                       f"'{task}' and tags.`{T.MODEL}` = '{model}'"),
+                       f"'{task}' and tags.`{T.MODEL}` = '{model}'{on_store}"),
         order_by=["attributes.start_time ASC"], max_results=1000)
     cells: dict[tuple[str, float], TableRow] = {}
     for run in runs:
@@ -126,6 +131,63 @@ def search_cells(rows: Sequence[TableRow]) -> list[Cell]:
 def table_markdown(rows: Sequence[TableRow]) -> str:
     """The poster's table: configurations x ratios, ``mean ± std`` test Dice in %."""
     return results.table_markdown(search_cells(rows), scale=100.0)
+
+
+def comparison_cells(values: Mapping[str, Mapping[float, Mapping[str, float]]]) -> list[Cell]:
+    """Cells of per-visit test Dice ``{row: {ratio: {visit: dice}}}``: mean ± std over the test
+    visits, the best row of each ratio bold, the others starred by the paired Wilcoxon test."""
+    return results.build_cells(values, higher_is_better=True)
+
+
+def comparison_markdown(values: Mapping[str, Mapping[float, Mapping[str, float]]]) -> str:
+    """The main job's table: one row per configuration (the baseline, e.g. from scratch,
+    first), per ratio a column of test Dice in % (mean ± std over test visits) and a column
+    ``Wilcoxon p (RATIO)``: the two-sided paired Wilcoxon signed-rank test (over the test
+    visits) of the row against the first row; ``ref.`` on the first row, ``–`` when the test is
+    undefined (no paired visit, or all differences zero). With one row, no test: the plain
+    table."""
+    cells = comparison_cells(values)
+    rows = list(values)
+    if len(rows) < 2:  # nothing to compare: no bold, no stars
+        return results.table_markdown([plain_cell(c.row, c.ratio, c.mean, c.std, c.visits)
+                                       for c in cells], scale=100.0)
+    ratios = sorted({c.ratio for c in cells})
+    by_key = {(c.row, c.ratio): c for c in cells}
+    head = ["Method"]
+    for r in ratios:
+        head += [f"{r:g}", f"Wilcoxon p ({r:g})"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (2 * len(ratios))]
+    baseline = rows[0] if rows else None
+    for row in rows:
+        texts = [row]
+        for r in ratios:
+            cell = by_key.get((row, r))
+            texts.append("" if cell is None else results._cell_text(cell, 100.0, 2))
+            if row == baseline:
+                texts.append("ref.")
+            elif cell is None or r not in values[baseline]:
+                texts.append("")
+            else:
+                p = results.paired_wilcoxon(values[row][r], values[baseline][r])
+                texts.append("–" if p is None else f"{p:.3g}{results.stars_for(p)}")
+        lines.append("| " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_csv(values: Mapping[str, Mapping[float, Mapping[str, float]]]) -> str:
+    """One line per cell: configuration, ratio, mean, std (fractions), visits, the Wilcoxon p
+    against the first row."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["configuration", "ratio", "dice_mean", "dice_std", "test_visits",
+                "wilcoxon_p_vs_first_row"])
+    rows = list(values)
+    for c in comparison_cells(values):
+        p = (None if c.row == rows[0] or c.ratio not in values[rows[0]] else
+             results.paired_wilcoxon(values[c.row][c.ratio], values[rows[0]][c.ratio]))
+        w.writerow([c.row, f"{c.ratio:g}", f"{c.mean:.6f}", f"{c.std:.6f}", c.visits,
+                    "" if p is None else f"{p:.6g}"])
+    return buf.getvalue()
 
 
 def table_csv(rows: Sequence[TableRow]) -> str:

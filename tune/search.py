@@ -1,14 +1,27 @@
 """``python tune/search.py``: Ray Tune + Optuna search per data ratio, the results table, registry.
 
-With no arguments it makes a small synthetic data set (when not already there), pretrains once
-(inverted FAF), searches fine-tuning recipes for ratios 0.1 and 1.0 on local Ray with a local
-sqlite MLflow and Optuna database, evaluates the best trial of each ratio on the test split with
-its k-best ensemble, registers it as a version of ``<task>-<model>``, promotes the best version
-through the registry's gate and prints the table. Everything lives in ``--workdir``.
+With no arguments it answers the poster's question on a small synthetic data set (made when not
+already there): it searches FPN from scratch and FPN with inverted-FAF pretraining at ratios 0.1
+and 1.0 (3 trials per ratio and configuration, two architectures: ``tune/demo_space.yaml``), on
+local Ray with a local sqlite MLflow and Optuna database; evaluates the best trial of each on the
+test split with its k-best ensemble, registers it as a version of ``<task>-<model>``, promotes
+the best version through the registry's gate and prints the table: one row per configuration,
+test Dice mean ± std over the test visits, and per ratio the paired Wilcoxon test of the two
+rows. Everything lives in ``--workdir``.
+
+Pretraining is per architecture and shared (:mod:`tune.pretraining`): a trial fine-tunes the
+pretrained network of the architecture it drew, trained once by the first trial that needs it
+(the others wait on a lease in the storage) and reused by every later trial and ratio. The
+network knobs of the space are checked against the store's depth first
+(:mod:`tune.space_check`).
+
+Identity: the study, the Tune experiment and the parent MLflow run of a ratio are named after the
+store's fingerprint (``<task>-<model>-<ssl>-<fingerprint[:8]>-r<ratio>``): a search on other data
+in the same workdir never reuses this one's trials, evaluations or registered versions.
 
 Layers (as in Ray's Train/Tune interop): the Train worker function (``fpn.training.worker``),
 the per-trial driver (:func:`tune.trial.train_trial` -> ``run_training``) and here the Tuner,
-one per ratio, with one named Optuna study per ratio (``<task>-<model>-<ssl>-r<ratio>``).
+one per ratio and configuration, with one named Optuna study each.
 
 The steps of each ratio (:func:`search_ratio`) are named functions below: open the ratio's
 parent run, fit its base config, run the Tuner, collect the finished trials (their records read
@@ -73,6 +86,11 @@ class RatioResult:
     best_params: dict[str, Any] = field(default_factory=dict)
     test: dict[str, Any] = field(default_factory=dict)
     model_version: str | None = None
+    configuration: str = ""  #: the table row, e.g. ``FPN`` or ``FPN (inverted_faf pretraining)``
+    ssl: str = "none"
+    dice_per_visit: dict[str, float] = field(default_factory=dict)  #: test Dice per test visit
+    pretrainings_trained: int = 0  #: shared pretrainings this ratio's trials trained
+    pretrainings_reused: int = 0  #: trials that reused one trained before (or elsewhere)
 
 
 @dataclass
@@ -86,6 +104,7 @@ class SearchResult:
     decision: str | None
     tracking_uri: str
     study_url: str
+    promotion_refused: bool = False  #: the registry's gate refused (GateRefused); nothing moved
 
 
 def _log(msg: str) -> None:
@@ -113,35 +132,16 @@ def plan_resources(cfg: SearchConfig) -> ResourcePlan:
     cpus, gpus = cluster_capacity()
     return plan(cpus, gpus, workers=cfg.workers_per_trial, gpus_per_worker=cfg.gpus_per_worker,
                 cpus_per_worker=cfg.cpus_per_worker, max_concurrent=cfg.max_concurrent,
-                runs=cfg.trials)
+                runs=cfg.trials_per_ratio())
 
 
 # -- pretraining and the base training config -----------------------------------------------------
 
-def pretrain(cfg: SearchConfig, store: str, fingerprint: str) -> str:
-    """Pretrain once (``cfg.ssl``) and return the reference fine-tuning loads (run dir or URI)."""
-    from fpn.config import TrainConfig
-    from fpn.training.driver import run_training
-
-    cpus = cluster_capacity()[0] / cfg.workers_per_trial
-    tree = cfg.train_tree(task="pretrain", target=cfg.ssl, epochs=cfg.pretraining_epochs(),
-                          storage_dir="pretrain", cpus_per_worker=cpus, threads=max(1, int(cpus)),
-                          store=store)
-    tree.pop("init", None)
-    tree["run_name"] = f"pretrain-{cfg.model}-{cfg.ssl}-{fingerprint[:8]}-s{cfg.seed}"
-    tcfg = TrainConfig.model_validate(tree)
-    _log(f"pretraining {tcfg.run_name} ({tcfg.epochs} epochs, target {cfg.ssl})")
-    outcome = run_training(tcfg, extra_tags={T.SEARCH_TASK: cfg.task,
-                                              T.SEARCH_ROLE: T.ROLE_PRETRAIN})
-    if not outcome.best_checkpoints:
-        raise RuntimeError(f"pretraining {tcfg.run_name} left no checkpoint")
-    local = "://" not in tcfg.storage_path()
-    return outcome.run_dir if local else (outcome.model_uri or outcome.best_checkpoints[0])
-
-
 def _fix_architecture(space: SearchSpace, tree: dict[str, Any], init: str, uri: str,
                       model: str) -> SearchSpace:
-    """A pretrained network fixes the architecture: take its kwargs, stop searching ``model.*``."""
+    """A network given with ``--pretrained`` fixes the architecture: take its kwargs, stop
+    searching ``model.*`` (the search's own pretraining is per architecture instead:
+    :mod:`tune.pretraining`)."""
     from fpn.inference import load_member_file, resolve_members
 
     member = load_member_file(resolve_members(init, uri, k=1)[0])
@@ -152,7 +152,8 @@ def _fix_architecture(space: SearchSpace, tree: dict[str, Any], init: str, uri: 
                                if k not in ("in_channels", "out_channels")}
     dropped = [k for k in space.params if k.startswith("model.")]
     if dropped:
-        _log(f"the pretrained network fixes the architecture; not searching {', '.join(dropped)}")
+        _log(f"{init}: the given pretrained network fixes the architecture; not searching "
+             f"{', '.join(dropped)}")
     return SearchSpace(params={k: v for k, v in space.params.items() if k not in dropped},
                        fixed={k: v for k, v in space.fixed.items() if not k.startswith("model.")})
 
@@ -166,7 +167,7 @@ def _open_parent(cfg: SearchConfig, ratio: float, space: SearchSpace, store: Any
     from tune.report import PARENT_ROLE
 
     uri = cfg.tracking_uri()
-    study_name = cfg.study_name(ratio)
+    study_name = cfg.study_name(ratio, store.fingerprint)
     parent_tags = {T.SEARCH_ROLE: PARENT_ROLE, T.SEARCH_TASK: cfg.task, T.MODEL: cfg.model,
                    T.SSL: cfg.ssl, T.RATIO: f"{ratio:g}", T.STUDY: study_name,
                    T.CONFIGURATION: cfg.configuration_label(),
@@ -190,7 +191,7 @@ def _ratio_base(cfg: SearchConfig, base: dict[str, Any], ratio: float, store: An
         multiplier = base["data"].get("multiplier", 20)
         base["data"]["multiplier"] = max(multiplier, math.ceil(floor / visits))
         if base["data"]["multiplier"] != multiplier:
-            _log(f"{cfg.study_name(ratio)}: {visits} training visit(s); "
+            _log(f"{cfg.study_name(ratio, store.fingerprint)}: {visits} training visit(s); "
                  f"{base['data']['multiplier']} crops per visit per epoch (at least {floor} "
                  "crops an epoch)")
     return base
@@ -282,18 +283,41 @@ def _log_best(cfg: SearchConfig, parent_id: str, run: Any, record: RunRecord,
     return test
 
 
+def _log_pretrainings(cfg: SearchConfig, parent_id: str, runs: list[Any]) -> tuple[int, int]:
+    """How many shared pretrainings this ratio's trials trained and how many they reused, on
+    the parent run (metrics ``pretrain/trained``, ``pretrain/reused`` and the same as tags)."""
+    from mlflow.entities import Metric
+
+    from fpn.tracking import RunLogger, client_for
+    from tune.trial import PRETRAINING_TAG
+
+    outcomes = [r.data.tags.get(PRETRAINING_TAG) for r in runs]
+    trained, reused = outcomes.count("trained"), outcomes.count("reused")
+    now = int(time.time() * 1000)
+    client_for(cfg.tracking_uri()).log_batch(parent_id, metrics=[
+        Metric("pretrain/trained", float(trained), now, 0),
+        Metric("pretrain/reused", float(reused), now, 0)])
+    RunLogger(cfg.tracking_uri(), parent_id).set_tags({
+        "fpn.pretrainings_trained": str(trained), "fpn.pretrainings_reused": str(reused)})
+    return trained, reused
+
+
 def search_ratio(cfg: SearchConfig, ratio: float, space: SearchSpace, base: dict[str, Any],
-                 resources: ResourcePlan, store: Any, experiment_id: str) -> RatioResult:
+                 resources: ResourcePlan, store: Any, experiment_id: str,
+                 pretrain: dict[str, Any] | None = None) -> RatioResult:
     """Search one ratio, evaluate its best trial on the test split, log it on the parent run,
-    register it."""
+    register it. With ``pretrain``, each trial fine-tunes the shared pretraining of the
+    architecture it draws (:mod:`tune.pretraining`)."""
     from fpn.tracking import client_for
 
     client = client_for(cfg.tracking_uri())
-    study_name = cfg.study_name(ratio)
+    study_name = cfg.study_name(ratio, store.fingerprint)
     parent_id = _open_parent(cfg, ratio, space, store, experiment_id)
     ratio_base = _ratio_base(cfg, base, ratio, store)
     context = {"base": ratio_base, "study": study_name, "parent_run_id": parent_id,
                "tags": {T.SEARCH_TASK: cfg.task, T.SEARCH_ROLE: T.ROLE_TRIAL}}
+    if pretrain is not None:
+        context["pretrain"] = pretrain
     run_tuner(cfg, study_name, space, context, resources)
 
     study = optuna_study(cfg, study_name)
@@ -303,7 +327,13 @@ def search_ratio(cfg: SearchConfig, ratio: float, space: SearchSpace, base: dict
     _close_stopped_trials(client, runs)
     result = RatioResult(ratio, study_name, parent_id,
                          trials_complete=0 if study is None else sum(
-                             t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)))
+                             t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)),
+                         configuration=cfg.configuration_label(), ssl=cfg.ssl)
+    if pretrain is not None:
+        result.pretrainings_trained, result.pretrainings_reused = _log_pretrainings(
+            cfg, parent_id, runs)
+        _log(f"{study_name}: {result.pretrainings_trained} pretraining(s) trained, "
+             f"{result.pretrainings_reused} reused")
     finished = _finished_trials(runs, ratio_base["storage"])
     _log_study(cfg, study, parent_id)
     if not finished:
@@ -324,57 +354,113 @@ def search_ratio(cfg: SearchConfig, ratio: float, space: SearchSpace, base: dict
         trial_id, best_run.info.run_id, record.best_score)
     result.best_params = json.loads(best_run.data.tags.get(T.TRIAL_PARAMS, "{}"))
     result.model_version = evaluation.model_version
+    result.dice_per_visit = {r["visit"]: float(r["dice"]) for r in evaluation.records
+                             if "dice" in r}
     client.set_terminated(parent_id, "FINISHED")
     return result
 
 
 # -- the whole search -----------------------------------------------------------------------------
 
+def _store_depths(store: Any) -> list[int]:
+    """The OCT depths of the store's labelled visits (what every network must take)."""
+    return sorted({int(v.shape[1]) for v in store.visits_for(require="mask")}) or \
+        sorted({int(v.shape[1]) for v in store.visits_for()})
+
+
+def checked_space(cfg: SearchConfig, store: Any) -> SearchSpace:
+    """The search space with its network knobs categorical and checked at the store's depth
+    (:func:`tune.space_check.check_model_knobs`)."""
+    from tune.space_check import check_model_knobs
+
+    base = cfg.train_tree(task="finetune", target="mask", epochs=cfg.train_epochs(),
+                          storage_dir="trials", cpus_per_worker=1.0, threads=1)
+    return check_model_knobs(cfg.search_space(), base["model"].get("kwargs", {}), cfg.model,
+                             _store_depths(store), gpus_per_worker=cfg.gpus_per_worker,
+                             strict=cfg.strict_space, log=_log)
+
+
 def _base_config(cfg: SearchConfig, store_path: str, store: Any, resources: ResourcePlan,
-                 space: SearchSpace) -> tuple[dict[str, Any], SearchSpace]:
-    """Pretrain when asked, then the fine-tuning base every trial starts from (and the space,
-    without the architecture when a pretrained network fixes it)."""
-    init = cfg.pretrained
-    if init is None and cfg.ssl != "none":
-        init = pretrain(cfg, store_path, store.fingerprint)
+                 space: SearchSpace) -> tuple[dict[str, Any], SearchSpace, dict[str, Any] | None]:
+    """The fine-tuning base every trial starts from, the space, and (when the configuration
+    pretrains) what each trial needs to find or train the pretraining of the architecture it
+    draws (:func:`tune.trial.with_pretrained`)."""
     base = cfg.train_tree(task="finetune", target="mask", epochs=cfg.train_epochs(),
                           storage_dir="trials", cpus_per_worker=resources.cpus_per_worker,
                           threads=resources.threads_per_worker, store=store_path)
-    if init is not None:
-        base["init"] = init
-        space = _fix_architecture(space, base, init, cfg.tracking_uri(), cfg.model)
-    return base, space
+    if cfg.pretrained is not None:
+        base["init"] = cfg.pretrained
+        return base, _fix_architecture(space, base, cfg.pretrained, cfg.tracking_uri(),
+                                       cfg.model), None
+    if cfg.ssl == "none":
+        return base, space, None
+    pretrain_base = cfg.train_tree(task="pretrain", target=cfg.ssl,
+                                   epochs=cfg.pretraining_epochs(), storage_dir="pretrain",
+                                   cpus_per_worker=resources.cpus_per_worker,
+                                   threads=resources.threads_per_worker, store=store_path)
+    pretrain_base.pop("init", None)
+    return base, space, {"base": pretrain_base, "storage": cfg.storage_path(),
+                         "fingerprint": store.fingerprint,
+                         "tags": {T.SEARCH_TASK: cfg.task, T.SSL: cfg.ssl}}
 
 
-def _promote(cfg: SearchConfig, results: list[RatioResult]) -> str | None:
-    """The best registered version of this search through the registry's gate."""
-    from fpn.registry import promote
+def _promote(cfg: SearchConfig, results: list[RatioResult]) -> tuple[str | None, bool]:
+    """The best registered version of this search through the registry's gate.
+
+    Returns the decision's message and whether the gate refused (``GateRefused``: the registry
+    is unchanged; the search still prints its table and succeeds)."""
+    from fpn.registry import GateRefused, promote
 
     versions = [r for r in results if r.model_version]
     if not cfg.promote or not versions:
-        return None
+        return None, False
     best = max(versions, key=lambda r: float(r.test.get("dice_mean", -1)))
-    decision = promote(cfg.tracking_uri(), cfg.registered_name(), best.model_version).message()
+    try:
+        decision = promote(cfg.tracking_uri(), cfg.registered_name(), best.model_version).message()
+    except GateRefused as exc:
+        decision = (f"promotion of {cfg.registered_name()} version {best.model_version} refused: "
+                    f"{exc}")
+        _log(decision)
+        return decision, True
     _log(decision)
-    return decision
+    return decision, False
 
 
-def _write_table(cfg: SearchConfig, client: Any, experiment_id: str) -> tuple[str, dict[str, Path]]:
-    """The table of every search of this task and model in the experiment: Markdown, CSV and
-    plot in WORKDIR/results, also logged on one MLflow run."""
+def _write_table(cfg: SearchConfig, client: Any, experiment_id: str, fingerprint: str,
+                 ratios: list[RatioResult]) -> tuple[str, dict[str, Path]]:
+    """The table: Markdown, CSV and plot in WORKDIR/results, also logged on one MLflow run.
+
+    With per-visit test Dice for its rows (this search's configurations), the comparison table
+    (:func:`tune.report.comparison_markdown`: mean ± std over test visits, the paired Wilcoxon
+    test of each row against the first per ratio); else the summary table of every search of
+    this task, model and store in the experiment."""
     from fpn.tracking import RunLogger, find_or_create_run
     from tune import report
 
-    rows = report.collect_rows(client, experiment_id, cfg.task, cfg.model)
-    table = report.table_markdown(rows)
+    rows = report.collect_rows(client, experiment_id, cfg.task, cfg.model,
+                               fingerprint=fingerprint)
+    values: dict[str, dict[float, dict[str, float]]] = {}
+    for r in ratios:
+        if r.dice_per_visit:
+            values.setdefault(r.configuration, {})[r.ratio] = r.dice_per_visit
     out = cfg.work_path() / "results"
     out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out / "table.md", "csv": out / "table.csv", "plot": out / "dice_vs_ratio.png"}
+    if values:
+        table = report.comparison_markdown(values)
+        write_atomic(files["csv"], report.comparison_csv(values))
+        from tune.results import plot_cells
+
+        plot_cells(report.comparison_cells(values), files["plot"])
+    else:
+        table = report.table_markdown(rows)
+        write_atomic(files["csv"], report.table_csv(rows))
+        report.plot_table(rows, files["plot"])
     write_atomic(files["markdown"], table)
-    write_atomic(files["csv"], report.table_csv(rows))
-    report.plot_table(rows, files["plot"])
-    summary_id, _ = find_or_create_run(client, experiment_id, f"search-table-{cfg.task}-{cfg.model}",
-                                       {T.SEARCH_ROLE: T.ROLE_TABLE, T.SEARCH_TASK: cfg.task})
+    summary_id, _ = find_or_create_run(client, experiment_id,
+                                       f"search-table-{cfg.task}-{cfg.model}-{fingerprint[:8]}",
+                                       {T.SEARCH_ROLE: T.ROLE_TABLE, T.SEARCH_TASK: cfg.task,
+                                        T.STORE_FINGERPRINT: fingerprint})
     summary = RunLogger(cfg.tracking_uri(), summary_id)
     for f in files.values():
         summary.log_file(f)
@@ -389,31 +475,36 @@ def run_search(cfg: SearchConfig) -> SearchResult:
 
     from fpn.data.store import open_store
     from fpn.tracking import client_for, ensure_experiment
-    from fpn.training.driver import ensure_ray
+    from fpn.training.ray_connect import connect_ray
 
     torch.set_num_threads(1)
     cfg.work_path().mkdir(parents=True, exist_ok=True)
-    # $RAY_ADDRESS when set; else a local Ray of our own (never another cluster on this machine)
-    ensure_ray(cfg.num_cpus)
+    # the one way to reach Ray: $RAY_ADDRESS when set; else a local Ray of our own
+    connect_ray(num_cpus=cfg.num_cpus)
     store_path = ensure_store(cfg)
     store = open_store(store_path)
     uri = cfg.tracking_uri()
     client = client_for(uri)
     experiment_id = ensure_experiment(client, cfg.experiment, uri)
     resources = plan_resources(cfg)
-    base, space = _base_config(cfg, store_path, store, resources, cfg.search_space())
-    results = [search_ratio(cfg, r, space, base, resources, store, experiment_id)
-               for r in cfg.ratios]
-    decision = _promote(cfg, results)
-    table, files = _write_table(cfg, client, experiment_id)
+    space = checked_space(cfg, store)
+    results: list[RatioResult] = []
+    for ssl in cfg.configurations():  # from scratch first, then pretrained (one row each)
+        scfg = cfg.model_copy(update={"ssl": ssl})
+        base, sspace, pretrain = _base_config(scfg, store_path, store, resources, space)
+        results += [search_ratio(scfg, r, sspace, base, resources, store, experiment_id,
+                                 pretrain) for r in cfg.ratios]
+    decision, refused = _promote(cfg, results)
+    table, files = _write_table(cfg, client, experiment_id, store.fingerprint, results)
     return SearchResult(results, table, {k: str(v) for k, v in files.items()},
-                        cfg.registered_name(), decision, uri, cfg.study_url())
+                        cfg.registered_name(), decision, uri, cfg.study_url(),
+                        promotion_refused=refused)
 
 
 def print_result(res: SearchResult) -> None:
     print()
     for r in res.ratios:
-        print(f"ratio {r.ratio:g}: study {r.study}, {r.trials_complete} complete trial(s); best "
+        print(f"{r.configuration}, ratio {r.ratio:g}: study {r.study}, {r.trials_complete} complete trial(s); best "
               f"trial {r.best_trial} val Dice {r.best_val:.4f}, test Dice "
               f"{100 * float(r.test.get('dice_mean', math.nan)):.2f} ± "
               f"{100 * float(r.test.get('dice_std', math.nan)):.2f} % -> "
@@ -422,6 +513,8 @@ def print_result(res: SearchResult) -> None:
     print(res.table_markdown)
     if res.decision:
         print(res.decision)
+    if res.promotion_refused:
+        print("promotion refused by the registry's gate; the champion is unchanged")
     print(f"table: {res.files['markdown']}, {res.files['csv']}, {res.files['plot']}")
     print(f"MLflow:  mlflow ui --backend-store-uri {res.tracking_uri}")
     print(f"Optuna:  optuna-dashboard {res.study_url}")
@@ -468,6 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
     add_set(p)
     p.add_argument("--no-promote", action="store_true", default=None)
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
+                   help="also search the network from scratch (--ssl none) as the table's "
+                   "baseline row, with a paired Wilcoxon test per ratio (default: on for the demo)")
+    p.add_argument("--strict-space", action="store_true", default=None,
+                   help="refuse a network knob that cannot change the network at the store's "
+                   "depth (default: drop it with a warning)")
     return p
 
 

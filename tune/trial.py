@@ -15,8 +15,10 @@ import json
 from typing import Any
 
 from fpn import tags as T
+from tune.pretraining import PRETRAINING_KEY_TAG
 
-__all__ = ["TRIAL_STORAGE_DIR", "train_trial", "trial_run_name", "trial_train_config"]
+__all__ = ["PRETRAINING_KEY_TAG", "PRETRAINING_TAG", "TRIAL_STORAGE_DIR", "train_trial",
+           "trial_model_kwargs", "trial_run_name", "trial_train_config", "with_pretrained"]
 
 #: sub-folder of the search's storage holding the trials' Ray Train runs
 TRIAL_STORAGE_DIR = "trials"
@@ -59,13 +61,48 @@ def _mark_stopped(cfg: Any, parent_run_id: str) -> None:
     print(f"[search] {cfg.resolved_run_name()}: stopped early by ASHA", flush=True)
 
 
+#: trial MLflow run tag: whether the trial trained the shared pretraining it fine-tuned
+#: (``PRETRAINING_KEY_TAG`` says which) or reused it
+PRETRAINING_TAG = "fpn.pretraining"  # "trained" or "reused"
+
+
+def trial_model_kwargs(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The network kwargs a trial draws: the base's, with its ``model.kwargs.*`` parameters."""
+    kwargs = dict(base.get("model", {}).get("kwargs", {}))
+    for dotted, value in params.items():
+        if dotted.startswith("model.kwargs."):
+            kwargs[dotted[len("model.kwargs."):]] = value
+    return kwargs
+
+
+def with_pretrained(context: dict[str, Any], params: dict[str, Any],
+                    run_name: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The trial's base config with ``init`` = the shared pretraining of the architecture it
+    drew (trained here, waited for, or reused: :func:`tune.pretraining.ensure_pretrained`), and
+    the tags saying which. Unchanged when the search does not pretrain."""
+    spec = context.get("pretrain")
+    if not spec:
+        return context["base"], {}
+    from tune.pretraining import ensure_pretrained, pretraining_tree
+
+    tree = pretraining_tree(spec["base"], trial_model_kwargs(context["base"], params))
+    pre = ensure_pretrained(spec["storage"], tree, spec["fingerprint"], requester=run_name,
+                            tags=spec.get("tags"), log=lambda m: print(m, flush=True))
+    base = copy.deepcopy(context["base"])
+    base["init"] = pre.run_dir
+    return base, {PRETRAINING_KEY_TAG: pre.key,
+                  PRETRAINING_TAG: "reused" if pre.reused else "trained"}
+
+
 def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """Tune function trainable.
 
     Args:
         config: the trial's sampled parameters, dotted TrainConfig keys (from OptunaSearch).
-        context: ``base`` (TrainConfig dump), ``study``, ``parent_run_id``, ``tags``
-            (bound with ``tune.with_parameters``).
+        context: ``base`` (TrainConfig dump), ``study``, ``parent_run_id``, ``tags``, and
+            ``pretrain`` when the configuration pretrains (the pretraining recipe, the search's
+            storage and the store's fingerprint: :func:`with_pretrained`); bound with
+            ``tune.with_parameters``.
     """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -74,9 +111,11 @@ def train_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from tune.pruning import StopOnBoardCallback, is_stopped
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = trial_train_config(context["base"], config, trial_run_name(context["study"], trial_id))
+    run_name = trial_run_name(context["study"], trial_id)
+    base, pretrain_tags = with_pretrained(context, config, run_name)
+    cfg = trial_train_config(base, config, run_name)
     tags = {**context.get("tags", {}), T.TRIAL_ID: trial_id, T.STUDY: context["study"],
-            T.TRIAL_PARAMS: json.dumps(config, sort_keys=True, default=str)}
+            T.TRIAL_PARAMS: json.dumps(config, sort_keys=True, default=str), **pretrain_tags}
     already = _finished_run(cfg)
     callbacks = None if already else [TuneReportCallback(),
                                       StopOnBoardCallback(context["study"], trial_id,

@@ -112,7 +112,7 @@ def run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: d
         existing = optuna_study(cfg, study_name)
         done = 0 if existing is None else sum(
             t.state.is_finished() for t in existing.get_trials(deepcopy=False))
-        remaining = cfg.trials - done
+        remaining = cfg.trials_per_ratio() - done
         if remaining <= 0:
             _log(f"{study_name}: the study already holds {done} finished trials")
             return
