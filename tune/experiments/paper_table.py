@@ -79,8 +79,8 @@ __all__ = [
     "plan_paper_table",
     "recipe_mismatch",
     "row_label",
-    "seed_values",
     "run_paper_table",
+    "seed_values",
 ]
 
 EXPERIMENT = "fpn-paper-table"
