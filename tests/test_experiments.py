@@ -311,10 +311,12 @@ def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_
         assert title in md
     assert "| Method | 1 |" in md
     assert "\n| FPN | " in md and "\n| FPN (FAF) | " in md
+    assert "## Dice (%) of each seed's model" in md and "| FPN | s0: " in md
     rows = list(csv.DictReader((out / "paper_table.csv").read_text().splitlines()))
     assert {(r["metric"], r["method"], r["ratio"]) for r in rows} == {
         (m, meth, "1") for m in ("dice", "hd95", "area_error_mm2") for meth in ("FPN", "FPN (FAF)")}
     assert sum(r["best"] == "1" for r in rows if r["metric"] == "dice") == 1
+    assert {(r["seeds"], r["seed_ids"]) for r in rows if r["metric"] == "dice"} == {("1", "0")}
     visits = list(csv.DictReader((out / "per_visit.csv").read_text().splitlines()))
     assert visits and {r["method"] for r in visits} == {"FPN", "FPN (FAF)"}
 
