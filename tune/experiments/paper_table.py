@@ -12,7 +12,13 @@ Run names are deterministic (``pt-<preset>-<store fingerprint>-<model>-<ssl>-r<r
 ``...-pretrain-<model>-<target>``), so running the command again trains only what is missing
 (``run_training`` returns a finished run's outcome at once) and evaluates only what has no
 ``evaluations/<run>/evaluation.json`` yet (:func:`tune.core.evaluate_run`, shared with the
-search).
+search). A finished run is known by its name *and* its recorded config: one that trained with
+another recipe (say an IPN under SGD before the ``paper`` preset gave it Adam) is refused before
+anything trains (:func:`recipe_mismatch`), never silently reused.
+
+Recipes: the preset's (``paper``: ``faithful``; ``quick``: ``quick``), then the preset's
+per-network overrides (``paper``: Li et al.'s Adam for ``ipn`` / ``ipnv2``,
+:data:`tune.experiments.presets.AUTHORS_OPTIMISER`), then the caller's ``--set``.
 
 Seeds, as the poster reports them: each seed's model gets its mean ± std over the test visits;
 a cell is the mean over seeds of those means ± the mean over seeds of those stds (visits are
