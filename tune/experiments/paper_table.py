@@ -168,7 +168,8 @@ def _tree_for(base: dict[str, Any], *, task: str, model: str, target: str, ratio
 def plan_jobs(base: dict[str, Any], *, prefix: str, models: Sequence[str], ssl: Sequence[str],
               ratios: Sequence[float], seeds: int, depth: int, storage: str,
               per_model: Mapping[str, Mapping[str, Any]] | None = None) -> list[Job]:
-    """Pretrainings first (one per model and target), then every fine-tuning.
+    """Pretrainings first (one per model and target), then every fine-tuning, ratio by ratio
+    (ascending as given), so that the cheap, label-scarce columns finish first.
 
     Args:
         base: the shared TrainConfig tree (store, recipe, storage, tracking).
@@ -189,11 +190,12 @@ def plan_jobs(base: dict[str, Any], *, prefix: str, models: Sequence[str], ssl: 
                                             ratio=1.0, seed=0, name=name, init=None, depth=depth,
                                             extra=per_model.get(model)),
                             model=model, ssl=target))
-    for model in models:
-        for target in ssl:
-            pre = None if target == "none" else f"{prefix}-pretrain-{model}-{target}"
-            init = None if pre is None else _join(storage, pre)
-            for ratio in ratios:
+    # ratio by ratio, smallest (cheapest) first: an interrupted grid leaves whole columns
+    for ratio in ratios:
+        for model in models:
+            for target in ssl:
+                pre = None if target == "none" else f"{prefix}-pretrain-{model}-{target}"
+                init = None if pre is None else _join(storage, pre)
                 for seed in range(seeds):
                     name = f"{prefix}-{model}-{target}-r{ratio:g}-s{seed}"
                     jobs.append(Job(name, _tree_for(base, task="finetune", model=model,
