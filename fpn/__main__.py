@@ -24,6 +24,11 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     # default=None everywhere: only flags actually given override --config / model defaults
     p.add_argument("--data", help="store path or URL (data_prep convert output)")
     p.add_argument("--config", help="YAML file with any TrainConfig fields")
+    p.add_argument("--recipe", help="a shipped recipe (faithful, reference, cpu-small, quick, "
+                   "tiny; fpn/recipes/) or a recipe YAML file, under --config and the flags")
+    p.add_argument("--faithful", action="store_const", const="faithful", dest="recipe",
+                   help="the reference recipe exactly, fp32 (= --recipe faithful): the way to "
+                   "reproduce the poster")
     p.add_argument("--model", help="network name (fpn, resensnet, lachinov, ipn, ipnv2)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="constructor argument of the network, e.g. reduction=attention")
@@ -56,6 +61,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment name")
     p.add_argument("--noise-std", type=float)
+    p.add_argument("--offset-std", type=float, help="std of one additive offset per crop; 0: off")
     p.add_argument("--no-augment", action="store_true", default=None)
     p.add_argument("--no-log-model", action="store_true", default=None)
 
@@ -95,6 +101,7 @@ def config_from_args(args: argparse.Namespace, task: str) -> Any:
         "max_failures": "max_failures", "checkpoint_every_steps": "checkpoint_every_steps",
         "spot_notice_url": "spot_notice_url", "storage": "storage", "mlflow": "mlflow",
         "experiment": "experiment", "noise_std": "data.noise_std",
+        "offset_std": "data.offset_std",
     }
     for attr, dotted in mapping.items():
         value = getattr(args, attr)
@@ -109,7 +116,16 @@ def config_from_args(args: argparse.Namespace, task: str) -> Any:
         if not sep:
             raise ValueError(f"--model-arg expects KEY=VALUE, got {item!r}")
         o[f"model.kwargs.{key}"] = _parse_value(value)
-    if args.config:
+    if getattr(args, "recipe", None):  # the recipe first: --config and the flags go over it
+        from fpn.recipes import recipe_overrides
+
+        given = dict(o)
+        if args.config:
+            from fpn.config import read_yaml_mapping
+
+            _flatten("", read_yaml_mapping(args.config, "config"), given)
+        o = {**recipe_overrides(args.recipe), **given}
+    elif args.config:
         return load_config(args.config, o)
     if "data.store" not in o:
         raise ValueError("--data STORE is required (or give it in --config)")
@@ -117,6 +133,16 @@ def config_from_args(args: argparse.Namespace, task: str) -> Any:
     for dotted, value in o.items():
         set_dotted(tree, dotted, value)
     return TrainConfig.model_validate(tree)
+
+
+def _flatten(prefix: str, node: dict[str, Any], out: dict[str, Any]) -> None:
+    """A --config tree as dotted keys, flags (already in ``out``) kept over it."""
+    for k, v in node.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):  # an empty mapping adds nothing
+            _flatten(key, v, out)
+        else:
+            out.setdefault(key, v)
 
 
 def _cmd_train(args: argparse.Namespace, task: str) -> int:

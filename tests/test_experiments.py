@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -80,6 +81,192 @@ def test_empty_cells_and_column_order():
     assert len(rows) == 3 and rows[0]["metric"] == "dice" and rows[0]["best"] == "1"
 
 
+# -- seeds, as the poster reports them -------------------------------------------------------
+
+# Two seeds, four test visits. A's two models are equally good on average but wrong on opposite
+# visits: pooling visits over seeds first would make A look perfectly consistent (std 0).
+# B is below A on every (seed, visit) pair, by distinct amounts 0.05 ... 0.40.
+A_SEEDS = {0: {"v0": 0.9, "v1": 0.7, "v2": 0.8, "v3": 0.6},
+           1: {"v0": 0.6, "v1": 0.8, "v2": 0.7, "v3": 0.9}}
+B_SEEDS = {0: {"v0": 0.8, "v1": 0.5, "v2": 0.5, "v3": 0.2},     # A - 0.1, 0.2, 0.3, 0.4
+           1: {"v0": 0.55, "v1": 0.65, "v2": 0.45, "v3": 0.55}}  # A - 0.05, 0.15, 0.25, 0.35
+
+
+@pytest.mark.unit
+def test_two_seeds_mean_of_per_seed_means_and_stds_by_hand():
+    from tune.results import build_seed_cells, seed_table_markdown
+
+    a, b = build_seed_cells({"A": {0.1: A_SEEDS}, "B": {0.1: B_SEEDS}})
+    # A, seed 0: mean 0.75; deviations +-0.15, +-0.05 -> variance 0.05 / 4 -> std sqrt(0.0125)
+    # A, seed 1: the same visits shuffled: mean 0.75, std sqrt(0.0125) = 0.111803
+    assert [s for s, _, _ in a.per_seed] == [0, 1]
+    assert [x for _, *ms, in a.per_seed for x in ms] == pytest.approx([0.75, 0.0125 ** 0.5] * 2)
+    assert (a.mean, a.std) == pytest.approx((0.75, 0.0125 ** 0.5))
+    assert a.std > 0.1  # not 0, which averaging each visit over the seeds would give
+    # B, seed 0: [0.8, 0.5, 0.5, 0.2]: mean 0.5, deviations +-0.3, 0, 0 -> std sqrt(0.045)
+    # B, seed 1: [0.55, 0.65, 0.45, 0.55]: mean 0.55, deviations 0, +-0.1 -> std sqrt(0.005)
+    # cell: mean (0.5 + 0.55) / 2 = 0.525; std (0.212132 + 0.070711) / 2 = 0.141421
+    assert [s for s, _, _ in b.per_seed] == [0, 1]
+    assert b.per_seed[0][1:] == pytest.approx((0.5, 0.045 ** 0.5))
+    assert b.per_seed[1][1:] == pytest.approx((0.55, 0.005 ** 0.5))
+    assert (b.mean, b.std) == pytest.approx((0.525, (0.045 ** 0.5 + 0.005 ** 0.5) / 2))
+    assert a.visits == b.visits == 4 and a.seeds == b.seeds == 2
+    # Wilcoxon over the 8 (seed, visit) pairs, all B < A with distinct |differences|: the
+    # exact two-sided p is 2 / 2^8 = 0.0078125 -> "**" (over 4 seed-averaged visits the
+    # smallest possible p would be 2 / 2^4 = 0.125: no star)
+    assert a.best and a.p_value is None and a.stars == ""
+    assert b.p_value == pytest.approx(2 / 2 ** 8) and b.stars == "**"
+    md = table_markdown([a, b], scale=100)
+    assert "| A | **75.00 ± 11.18** |" in md and "| B | 52.50 ± 14.14 ** |" in md
+    per_seed = seed_table_markdown([a, b], scale=100)
+    assert "| A | s0: 75.00 ± 11.18<br>s1: 75.00 ± 11.18 |" in per_seed
+    assert "| B | s0: 50.00 ± 21.21<br>s1: 55.00 ± 7.07 |" in per_seed
+    row = next(csv.DictReader(cells_csv({"dice": [a, b]}).splitlines()))
+    assert (row["seeds"], row["seed_ids"], row["seed_means"]) == ("2", "0;1", "0.75;0.75")
+
+
+@pytest.mark.unit
+def test_seeds_pair_only_with_the_same_seed_and_missing_seeds_drop_out():
+    from tune.results import build_seed_cells
+
+    # C ran seed 1 only: its cell is that seed's; it pairs with A's seed-1 model alone, and its
+    # NaN visit (HD95 of an empty mask, say) leaves that pair out: 3 pairs, no star possible.
+    c_seed1 = {**B_SEEDS[1], "v3": float("nan")}
+    a, c = build_seed_cells({"A": {1.0: A_SEEDS}, "C": {1.0: {1: c_seed1}}})
+    assert a.best and a.seeds == 2
+    assert c.seeds == 1 and c.visits == 3 and c.mean == pytest.approx((0.55 + 0.65 + 0.45) / 3)
+    assert c.p_value == pytest.approx(0.25) and c.stars == ""  # exact, 3 pairs, all one sign
+    # lower is better (HD95): the best row flips, and the rule is the same
+    hd = {c.row: c for c in build_seed_cells({"A": {1.0: A_SEEDS}, "B": {1.0: B_SEEDS}},
+                                             higher_is_better=False)}
+    assert hd["B"].best and hd["A"].stars == "**"
+
+
+@pytest.mark.unit
+def test_paper_table_keeps_each_seeds_model_apart():
+    from tune.experiments.paper_table import Job, seed_values
+    from tune.results import build_seed_cells
+
+    jobs, done = [], {}
+    for row, model, per_seed in (("A", "fpn", A_SEEDS), ("B", "lachinov", B_SEEDS)):
+        for seed, visits in per_seed.items():
+            name = f"{model}-s{seed}"
+            jobs.append(Job(name, {}, evaluate=True, model=model, ratio=0.1, seed=seed))
+            done[name] = {"records": [{"visit": v, "dice": x, "hd95": None}
+                                      for v, x in visits.items()]}
+    jobs.append(Job("pretrain", {}, model="fpn", ssl="inverted_faf"))  # not evaluated: left out
+    values = seed_values(jobs, done, "dice")
+    assert values == {"FPN": {0.1: A_SEEDS}, "Lachinov et al.": {0.1: B_SEEDS}}
+    fpn, lachinov = build_seed_cells(values)
+    assert fpn.best and fpn.std == pytest.approx(0.0125 ** 0.5) and lachinov.stars == "**"
+    assert all(math.isnan(x) for x in seed_values(jobs, done, "hd95")["FPN"][0.1][0].values())
+
+
+# -- the faithful recipe and the per-network recipes ----------------------------------------
+
+FAITHFUL = {"amp": False, "compile": False, "optim.name": "sgd", "optim.lr": 0.1,
+            "optim.momentum": 0.9, "optim.weight_decay": 1e-4, "optim.schedule": "none",
+            "optim.warmup_epochs": 0, "optim.pretrained_lr_scale": 1.0, "optim.grad_clip": None,
+            "epochs": 40, "data.multiplier": 20, "data.crop": (32, 256), "batch_size": 8,
+            "keep_best": 5, "data.offset_std": 0.2, "data.noise_std": 0.0, "data.augment": True,
+            "loss.dice_weight": 0.5, "loss.bce_weight": 0.5, "loss.ssim_window": 11,
+            "loss.ssim_sigma": 1.5, "loss.l1_weight": 0.0, "reinit_head": False,
+            "model.kwargs": {}}
+
+
+def _get(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("switch", [["--faithful"], ["--recipe", "faithful"]])
+def test_one_switch_gives_exactly_the_reference_recipe(switch, tmp_path):
+    from fpn.__main__ import build_parser, config_from_args
+
+    for task, extra in (("finetune", ["--ratio", "0.1"]), ("pretrain", ["--target", "slo"])):
+        args = build_parser().parse_args([task, *switch, "--data", str(tmp_path), *extra])
+        cfg = config_from_args(args, task)
+        assert {k: _get(cfg, k) for k in FAITHFUL} == FAITHFUL
+        assert cfg.task == task
+
+
+@pytest.mark.unit
+def test_recipe_then_config_then_flags(tmp_path):
+    from fpn.__main__ import build_parser, config_from_args, main
+
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"data:\n  store: {tmp_path}\n  offset_std: 0.1\noptim:\n  lr: 0.05\n"
+                      "model:\n  kwargs:\n    width: 0.5\n")
+    args = build_parser().parse_args(["finetune", "--faithful", "--config", str(config),
+                                      "--lr", "0.02", "--model-arg", "reduction=mean"])
+    cfg = config_from_args(args, "finetune")
+    assert cfg.optim.lr == 0.02 and cfg.data.offset_std == 0.1 and cfg.epochs == 40
+    assert cfg.model.kwargs == {"width": 0.5, "reduction": "mean"} and cfg.amp is False
+    args = build_parser().parse_args(["finetune", "--data", str(tmp_path), "--offset-std", "0"])
+    assert config_from_args(args, "finetune").data.offset_std == 0.0
+    assert main(["finetune", "--recipe", "fast", "--data", str(tmp_path)]) == 2
+
+
+@pytest.mark.unit
+def test_paper_preset_is_faithful_and_trains_the_ipns_with_adam(tmp_path):
+    from fpn.config import TrainConfig
+    from tune.experiments.paper_table import _base_tree, plan_jobs
+    from tune.experiments.presets import PRESETS
+
+    paper = PRESETS["paper"]
+    assert paper.recipe == "faithful"
+
+    def configs(overrides):
+        base = _base_tree(str(tmp_path), paper, overrides, storage=str(tmp_path / "runs"),
+                          tracking_uri="sqlite:///x.db", experiment="e", workers=1,
+                          cpus_per_worker=1.0)
+        per_model = {m: paper.model_overrides(m, overrides) for m in paper.models}
+        jobs = plan_jobs(base, prefix="pt", models=paper.models, ssl=("none", "slo"),
+                         ratios=(0.1,), seeds=1, depth=64, storage=str(tmp_path / "runs"),
+                         per_model=per_model)
+        return {(j.model, j.config["task"]): TrainConfig.model_validate(j.config) for j in jobs}
+
+    cfgs = configs({})
+    for (model, _task), cfg in cfgs.items():
+        want = dict(FAITHFUL)
+        if model in ("ipn", "ipnv2"):  # Li et al.: Adam, lr 1e-4, no weight decay
+            want.update({"optim.name": "adamw", "optim.lr": 1e-4, "optim.weight_decay": 0.0})
+        got = {k: _get(cfg, k) for k in want if k != "model.kwargs"}
+        assert got == {k: v for k, v in want.items() if k != "model.kwargs"}, (model, _task)
+    assert len(cfgs) == 10  # five networks, one pretraining and one fine-tuning each
+    # an explicit --set wins for every network, the IPNs included
+    forced = configs({"optim.lr": 0.01})
+    assert forced[("ipn", "finetune")].optim.lr == 0.01
+    assert forced[("ipn", "finetune")].optim.name == "adamw"
+    assert forced[("fpn", "finetune")].optim.lr == 0.01
+    # the quick preset: the same recipe for every network
+    assert PRESETS["quick"].model_overrides("ipn") == {}
+
+
+@pytest.mark.unit
+def test_a_run_trained_with_another_recipe_is_not_reused(tmp_path):
+    from fpn.config import TrainConfig
+    from tune.experiments.paper_table import Job, _check_reuse, recipe_mismatch
+
+    wanted = {"data": {"store": str(tmp_path)}, "optim": {"name": "adamw", "lr": 1e-4},
+              "run_name": "r"}
+    recorded = TrainConfig.model_validate({**wanted, "optim": {"name": "sgd"}, "workers": 4,
+                                           "storage": "/elsewhere"}).model_dump(mode="json")
+    diff = recipe_mismatch(recorded, wanted)
+    assert diff == ["optim.lr: 0.1 != 0.0001", "optim.name: 'sgd' != 'adamw'"]
+    same = TrainConfig.model_validate({**wanted, "workers": 4}).model_dump(mode="json")
+    assert recipe_mismatch(same, wanted) == []  # where and how fast it trained do not count
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "fpn_run.json").write_text(json.dumps({"run_name": "r", "run_dir": str(run),
+                                                  "finished": True, "config": recorded}))
+    with pytest.raises(ValueError, match=r"runs/r: finished with another recipe \(optim.lr"):
+        _check_reuse([Job("r", wanted)], str(tmp_path / "runs"))
+    _check_reuse([Job("r", {**wanted, "optim": {"name": "sgd"}})], str(tmp_path / "runs"))
+
+
 # -- end to end ------------------------------------------------------------------------------
 
 TINY = {"model.kwargs.width": 0.25, "epochs": 1, "data.crop": [8, 32], "data.multiplier": 1,
@@ -124,10 +311,12 @@ def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_
         assert title in md
     assert "| Method | 1 |" in md
     assert "\n| FPN | " in md and "\n| FPN (FAF) | " in md
+    assert "## Dice (%) of each seed's model" in md and "| FPN | s0: " in md
     rows = list(csv.DictReader((out / "paper_table.csv").read_text().splitlines()))
     assert {(r["metric"], r["method"], r["ratio"]) for r in rows} == {
         (m, meth, "1") for m in ("dice", "hd95", "area_error_mm2") for meth in ("FPN", "FPN (FAF)")}
     assert sum(r["best"] == "1" for r in rows if r["metric"] == "dice") == 1
+    assert {(r["seeds"], r["seed_ids"]) for r in rows if r["metric"] == "dice"} == {("1", "0")}
     visits = list(csv.DictReader((out / "per_visit.csv").read_text().splitlines()))
     assert visits and {r["method"] for r in visits} == {"FPN", "FPN (FAF)"}
 

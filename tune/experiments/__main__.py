@@ -24,13 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "recipe; test Dice/HD95/GA-area tables with paired Wilcoxon stars. "
                        "Defaults of --models/--ssl/--ratios/--seeds come from the preset "
                        "(quick: lachinov,fpn / none,inverted_faf / 0.1,1.0 / 1 seed; paper: all "
-                       "five networks / none,slo,inverted_faf / 0.05,0.1,0.2,1.0 / 3 seeds).")
+                       "five networks / none,slo,inverted_faf / 0.05,0.1,0.2,1.0 / 3 seeds). "
+                       "Cells: the mean over seeds of each seed's mean ± std over test visits.")
     p.add_argument("--data", help="fpn store (default: make the demo's synthetic store in OUT)")
     add_list(p, "--models", "networks, e.g. fpn lachinov or fpn,lachinov")
     add_list(p, "--ssl", "pretrainings: none, inverted_faf, faf, slo (space- or comma-separated)")
     add_ratios(p, "the preset's")
     p.add_argument("--seeds", type=int, help="seeds per (network, pretraining, ratio)")
-    p.add_argument("--preset", choices=["quick", "paper"], default="quick")
+    p.add_argument("--preset", choices=["quick", "paper"], default="quick",
+                   help="paper: the faithful recipe (the poster's; the IPNs with Li et al.'s "
+                   "Adam 1e-4); quick: a small AdamW recipe for 2 CPU cores (default %(default)s)")
     p.add_argument("--out", "--workdir", dest="out", default="paper_table",
                    help="folder for everything (default %(default)s)")
     add_workers(p, "--workers-per-run", default=1)

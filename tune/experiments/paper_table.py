@@ -12,13 +12,21 @@ Run names are deterministic (``pt-<preset>-<store fingerprint>-<model>-<ssl>-r<r
 ``...-pretrain-<model>-<target>``), so running the command again trains only what is missing
 (``run_training`` returns a finished run's outcome at once) and evaluates only what has no
 ``evaluations/<run>/evaluation.json`` yet (:func:`tune.core.evaluate_run`, shared with the
-search).
+search). A finished run is known by its name *and* its recorded config: one that trained with
+another recipe (say an IPN under SGD before the ``paper`` preset gave it Adam) is refused before
+anything trains (:func:`recipe_mismatch`), never silently reused.
 
-Pooling seeds: a method's value on a test visit is the mean over its seeds of that visit's
-metric; cells are mean ± std of those values over test visits, and the Wilcoxon test pairs them
-by test visit. Seed ``s`` sets both the training seed and the labelled-subset seed (so seeds
-also vary which patients are labelled; every method sees the same subsets). Pretrainings use
-seed 0.
+Recipes: the preset's (``paper``: ``faithful``; ``quick``: ``quick``), then the preset's
+per-network overrides (``paper``: Li et al.'s Adam for ``ipn`` / ``ipnv2``,
+:data:`tune.experiments.presets.AUTHORS_OPTIMISER`), then the caller's ``--set``.
+
+Seeds, as the poster reports them: each seed's model gets its mean ± std over the test visits;
+a cell is the mean over seeds of those means ± the mean over seeds of those stds (visits are
+never averaged over seeds first: that would hide the spread). The Wilcoxon test pairs (seed,
+visit): seed ``s``'s model against the best row's seed-``s`` model on the same visit
+(:mod:`tune.results`). Seed ``s`` sets both the training seed and the labelled-subset seed (so
+seeds also vary which patients are labelled; every method sees the same subsets, which is what
+makes the (seed, visit) pairs fair). Pretrainings use seed 0.
 
 Outputs in OUT: ``paper_table.md`` (Dice, HD95 and GA-area error tables), ``paper_table.csv``
 (every cell with its p-value), ``per_visit.csv`` (every run's test visits), ``dice_vs_ratio.png``,
@@ -34,7 +42,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +62,14 @@ from tune.core import (
     write_atomic,
 )
 from tune.experiments.presets import PRESETS, Preset
-from tune.results import Cell, build_cells, cells_csv, plot_cells, table_markdown
+from tune.results import (
+    Cell,
+    build_seed_cells,
+    cells_csv,
+    plot_cells,
+    seed_table_markdown,
+    table_markdown,
+)
 
 __all__ = [
     "DRIVER_CPU",
@@ -68,8 +83,10 @@ __all__ = [
     "plan_jobs",
     "plan_markdown",
     "plan_paper_table",
+    "recipe_mismatch",
     "row_label",
     "run_paper_table",
+    "seed_values",
 ]
 
 EXPERIMENT = "fpn-paper-table"
@@ -133,8 +150,11 @@ def _base_tree(store: str, preset: Preset, overrides: dict[str, Any], *, storage
 
 
 def _tree_for(base: dict[str, Any], *, task: str, model: str, target: str, ratio: float,
-              seed: int, name: str, init: str | None, depth: int) -> dict[str, Any]:
+              seed: int, name: str, init: str | None, depth: int,
+              extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     tree = json.loads(json.dumps(base))  # a deep copy of plain data
+    for dotted, value in (extra or {}).items():  # the network's own recipe changes
+        set_dotted(tree, dotted, value)
     tree["task"] = task
     tree["data"].update(target=target, ratio=ratio, subset_seed=seed)
     tree["model"]["name"] = model
@@ -146,15 +166,20 @@ def _tree_for(base: dict[str, Any], *, task: str, model: str, target: str, ratio
 
 
 def plan_jobs(base: dict[str, Any], *, prefix: str, models: Sequence[str], ssl: Sequence[str],
-              ratios: Sequence[float], seeds: int, depth: int, storage: str) -> list[Job]:
-    """Pretrainings first (one per model and target), then every fine-tuning.
+              ratios: Sequence[float], seeds: int, depth: int, storage: str,
+              per_model: Mapping[str, Mapping[str, Any]] | None = None) -> list[Job]:
+    """Pretrainings first (one per model and target), then every fine-tuning, ratio by ratio
+    (ascending as given), so that the cheap, label-scarce columns finish first.
 
     Args:
         base: the shared TrainConfig tree (store, recipe, storage, tracking).
         prefix: run name prefix (``pt-<preset>-<fingerprint8>``).
         depth: the store's D, for the networks that need it at construction.
         storage: where runs live (to name a pretraining's run directory for ``init``).
+        per_model: dotted overrides for one network's runs (pretraining and fine-tuning), over
+            ``base`` (:meth:`tune.experiments.presets.Preset.model_overrides`).
     """
+    per_model = per_model or {}
     jobs: list[Job] = []
     for model in models:
         for target in ssl:
@@ -162,30 +187,70 @@ def plan_jobs(base: dict[str, Any], *, prefix: str, models: Sequence[str], ssl: 
                 continue
             name = f"{prefix}-pretrain-{model}-{target}"
             jobs.append(Job(name, _tree_for(base, task="pretrain", model=model, target=target,
-                                            ratio=1.0, seed=0, name=name, init=None, depth=depth),
+                                            ratio=1.0, seed=0, name=name, init=None, depth=depth,
+                                            extra=per_model.get(model)),
                             model=model, ssl=target))
-    for model in models:
-        for target in ssl:
-            pre = None if target == "none" else f"{prefix}-pretrain-{model}-{target}"
-            init = None if pre is None else _join(storage, pre)
-            for ratio in ratios:
+    # ratio by ratio, smallest (cheapest) first: an interrupted grid leaves whole columns
+    for ratio in ratios:
+        for model in models:
+            for target in ssl:
+                pre = None if target == "none" else f"{prefix}-pretrain-{model}-{target}"
+                init = None if pre is None else _join(storage, pre)
                 for seed in range(seeds):
                     name = f"{prefix}-{model}-{target}-r{ratio:g}-s{seed}"
                     jobs.append(Job(name, _tree_for(base, task="finetune", model=model,
                                                     target="mask", ratio=ratio, seed=seed,
-                                                    name=name, init=init, depth=depth),
+                                                    name=name, init=init, depth=depth,
+                                                    extra=per_model.get(model)),
                                     after=pre, evaluate=True, model=model, ssl=target,
                                     ratio=ratio, seed=seed))
     return jobs
 
 
-def _grid_jobs(base: dict[str, Any], *, preset: str, store: Any, models: Sequence[str],
-               ssl: Sequence[str], ratios: Sequence[float], seeds: int) -> list[Job]:
+def _grid_jobs(base: dict[str, Any], *, preset: Preset, store: Any, models: Sequence[str],
+               ssl: Sequence[str], ratios: Sequence[float], seeds: int,
+               overrides: Mapping[str, Any]) -> list[Job]:
     """The grid's jobs for an open store. Run names depend only on the preset, the store and the
-    grid, so ``--plan`` and the run name (and find finished) the same runs."""
-    return plan_jobs(base, prefix=f"pt-{preset}-{store.fingerprint[:8]}", models=models, ssl=ssl,
-                     ratios=ratios, seeds=seeds, depth=store.visits_for()[0].shape[1],
-                     storage=base["storage"])
+    grid, so ``--plan`` and the run name (and find finished) the same runs; a finished run is
+    reused only when it trained with the same recipe (:func:`recipe_mismatch`)."""
+    per_model = {m: preset.model_overrides(m, overrides) for m in models}
+    return plan_jobs(base, prefix=f"pt-{preset.name}-{store.fingerprint[:8]}", models=models,
+                     ssl=ssl, ratios=ratios, seeds=seeds,
+                     depth=store.visits_for()[0].shape[1], storage=base["storage"],
+                     per_model=per_model)
+
+
+#: TrainConfig keys that say where and how fast a run trains, not what it learns: a finished run
+#: that differs from the wanted config only in these is the same run
+_INFRASTRUCTURE_KEYS = ("storage", "mlflow", "experiment", "workers", "workers_min",
+                        "gpus_per_worker", "cpus_per_worker", "threads_per_worker", "max_failures",
+                        "run_name", "tags", "overlay_every", "log_model", "fail_at_epoch", "init",
+                        "channels_last", "compile", "compile_backend", "data.store",
+                        "data.storage_options", "data.loader_workers")
+
+
+def recipe_mismatch(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """The recipe keys on which a finished run's recorded config differs from the wanted one,
+    as ``key: recorded != wanted`` (infrastructure keys, :data:`_INFRASTRUCTURE_KEYS`, ignored).
+    The pretraining a fine-tuning starts from is known by its run name, so ``init`` is ignored."""
+    def flat(tree: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, Mapping) and not prefix.endswith("kwargs"):
+                for k, v in node.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = node
+
+        walk("", tree)
+        return {k: v for k, v in out.items()
+                if not any(k == i or k.startswith(f"{i}.") for i in _INFRASTRUCTURE_KEYS)}
+
+    a = flat(recorded)
+    b = flat(TrainConfig.model_validate(dict(wanted)).model_dump(mode="json"))
+    return [f"{k}: {a.get(k, '<unset>')!r} != {b.get(k, '<unset>')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
 
 
 def _join(storage: str, name: str) -> str:
@@ -332,28 +397,19 @@ def _run_jobs(jobs: list[Job], *, concurrency: int, parent_run_id: str, eval_dir
 
 # -- tables ----------------------------------------------------------------------------------
 
-def pooled_values(jobs: Sequence[Job], done: dict[str, dict],
-                  metric: str) -> dict[str, dict[float, dict[str, float]]]:
-    """``{row: {ratio: {visit: mean over seeds}}}`` of one per-visit metric."""
-    import numpy as np
-
-    per_seed: dict[str, dict[float, dict[str, list[float]]]] = {}
+def seed_values(jobs: Sequence[Job], done: dict[str, dict],
+                metric: str) -> dict[str, dict[float, dict[int, dict[str, float]]]]:
+    """``{row: {ratio: {seed: {visit: value}}}}`` of one per-visit metric: every seed's model
+    kept apart (:func:`tune.results.build_seed_cells` takes each one's mean and std)."""
+    out: dict[str, dict[float, dict[int, dict[str, float]]]] = {}
     for job in jobs:
         if not job.evaluate or job.name not in done:
             continue
-        visits = per_seed.setdefault(row_label(job.model, job.ssl), {}).setdefault(job.ratio, {})
+        visits = (out.setdefault(row_label(job.model, job.ssl), {}).setdefault(job.ratio, {})
+                  .setdefault(job.seed, {}))
         for rec in done[job.name]["records"]:
             value = rec.get(metric)
-            visits.setdefault(rec["visit"], []).append(
-                float(value) if value is not None else math.nan)
-    out: dict[str, dict[float, dict[str, float]]] = {}
-    for row, by_ratio in per_seed.items():
-        for ratio, visits in by_ratio.items():
-            pooled = {}
-            for v, vals in visits.items():
-                arr = np.array(vals, dtype=float)
-                pooled[v] = float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan
-            out.setdefault(row, {})[ratio] = pooled
+            visits[rec["visit"]] = float(value) if value is not None else math.nan
     return out
 
 
@@ -373,12 +429,17 @@ def _per_visit_csv(jobs: Sequence[Job], done: dict[str, dict]) -> str:
 
 
 def _report(preset: str, seeds: int, cells: dict[str, list[Cell]], failed: dict[str, str]) -> str:
-    legend = (f"Mean ± std over test visits (each visit's value averaged over {seeds} seed(s)); "
-              "k-best ensemble. Stars: paired Wilcoxon signed-rank test against the best row of "
-              "the column (bold): * p < 0.05, ** p < 0.01, *** p < 0.001.")
+    legend = ("Each seed's model (its k-best ensemble) gets its mean ± std over the test "
+              f"visits; a cell is the mean over the {seeds} seed(s) of those means ± the mean "
+              "of those stds (per-seed values below the tables and in paper_table.csv). Stars: "
+              "two-sided paired Wilcoxon signed-rank test against the best row of the column "
+              "(bold), pairing each seed's model with the same seed's model of the best row on "
+              "the same test visit: * p < 0.05, ** p < 0.01, *** p < 0.001.")
     lines = [f"# Test results, preset `{preset}`", "", legend, ""]
     for key, title, scale, _ in METRICS:
         lines += [f"## {title}", "", table_markdown(cells[key], title="Method", scale=scale)]
+    lines += ["## Dice (%) of each seed's model", "",
+              seed_table_markdown(cells["dice"], title="Method", scale=100.0)]
     if failed:
         lines += ["## Failed runs", ""] + [f"- `{k}`: {v}" for k, v in failed.items()] + [""]
     return "\n".join(lines)
@@ -458,8 +519,8 @@ def plan_paper_table(*, out: str | Path, store: str | None = None, preset: str =
     base = _base_tree(store, chosen, dict(overrides or {}), storage=storage,
                       tracking_uri="sqlite:///unused.db", experiment=EXPERIMENT,
                       workers=workers_per_run, cpus_per_worker=1.0)
-    jobs = _grid_jobs(base, preset=preset, store=opened, models=models, ssl=ssl, ratios=ratios,
-                      seeds=seeds)
+    jobs = _grid_jobs(base, preset=chosen, store=opened, models=models, ssl=ssl, ratios=ratios,
+                      seeds=seeds, overrides=dict(overrides or {}))
     rows = plan_cost(jobs, opened, storage=storage)
     crop = TrainConfig.model_validate(jobs[0].config).data.crop
     text = (f"# paper-table plan, preset `{preset}`, store {store}\n\n"
@@ -518,8 +579,10 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
                                            **(overrides or {})},
                       storage=str(out / "runs"), tracking_uri=uri, experiment=experiment,
                       workers=workers_per_run, cpus_per_worker=cpw)
-    jobs = _grid_jobs(base, preset=preset, store=opened, models=models, ssl=ssl, ratios=ratios,
-                      seeds=seeds)
+    jobs = _grid_jobs(base, preset=chosen, store=opened, models=models, ssl=ssl, ratios=ratios,
+                      seeds=seeds, overrides={"gpus_per_worker": gpus_per_worker,
+                                              **(overrides or {})})
+    _check_reuse(jobs, base["storage"])
 
     client = client_for(uri)
     exp_id = ensure_experiment(client, experiment, uri)
@@ -540,7 +603,7 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
     done, failed = _run_jobs(jobs, concurrency=conc, parent_run_id=parent_id,
                              eval_dir=out / "evaluations", tags={T.PAPER_TABLE: preset})
 
-    cells = {key: build_cells(pooled_values(jobs, done, key), higher_is_better=better)
+    cells = {key: build_seed_cells(seed_values(jobs, done, key), higher_is_better=better)
              for key, _, _, better in METRICS}
     markdown = _report(preset, seeds, cells, failed)
     write_atomic(out / "paper_table.md", markdown)
@@ -562,3 +625,17 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
 
 def _finished(storage: str, name: str) -> bool:
     return finished_run(storage, name) is not None
+
+
+def _check_reuse(jobs: Sequence[Job], storage: str) -> None:
+    """Refuse, before anything trains, to reuse a finished run trained with another recipe
+    (e.g. an IPN trained under SGD before the preset gave it Adam)."""
+    for job in jobs:
+        record = finished_run(storage, job.name)
+        if record is None or not record.config:
+            continue
+        diff = recipe_mismatch(record.config, job.config)
+        if diff:
+            more = f" (and {len(diff) - 2} more)" if len(diff) > 2 else ""
+            raise ValueError(f"{_join(storage, job.name)}: finished with another recipe "
+                             f"({'; '.join(diff[:2])}{more}); move it away or use another --out")
