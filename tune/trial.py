@@ -41,10 +41,17 @@ def trial_train_config(base: dict[str, Any], params: dict[str, Any], run_name: s
 
 
 def _finished_run(cfg: Any) -> bool:
-    """Whether the trial's Train run finished before (local storage or an object store)."""
+    """Whether this trial's Train run finished before (local storage or an object store): the
+    same name on the same store with the same training config, not the name alone."""
+    from fpn.data.store import open_store
+    from fpn.training.identity import run_identity
     from fpn.training.run_record import finished_run
 
-    return finished_run(cfg.storage_path(), cfg.resolved_run_name()) is not None
+    store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
+    identity = run_identity(cfg, store.fingerprint)
+    return finished_run(cfg.storage_path(), cfg.resolved_run_name(),
+                        store_fingerprint=identity.store_fingerprint,
+                        config_hash=identity.config_hash) is not None
 
 
 def _mark_stopped(cfg: Any, parent_run_id: str) -> None:
