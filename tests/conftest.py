@@ -48,6 +48,17 @@ def synthetic_store(synthetic_source, tmp_path_factory, ray_local) -> Path:
     return out
 
 
+def forget_s3_clients() -> None:
+    """Drop fsspec's cached S3 filesystems: their key is the constructor's arguments, not the
+    environment's endpoint, so one made for an earlier module's moto server (another port)
+    would otherwise be handed to the next module."""
+    try:
+        import s3fs
+    except ImportError:
+        return
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1 with one bucket (:data:`S3_BUCKET`); the process
@@ -70,5 +81,7 @@ def s3_endpoint():
         import boto3
 
         boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+        forget_s3_clients()
         yield endpoint
     server.stop()
+    forget_s3_clients()

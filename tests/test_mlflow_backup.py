@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.conftest import forget_s3_clients
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 pytest.importorskip("s3fs", reason="s3fs is in the 'cloud' extra")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the 'dev' extra")
@@ -34,8 +36,10 @@ def s3_endpoint():
         import boto3
 
         boto3.client("s3").create_bucket(Bucket=BUCKET)
+        forget_s3_clients()
         yield env
     server.stop()
+    forget_s3_clients()
 
 
 def _tracking_db(path) -> str:

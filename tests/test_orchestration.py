@@ -87,22 +87,16 @@ def test_run_record_on_s3(s3_endpoint):
     """The reader the search uses for ``--storage s3://...`` (it read local paths only before)."""
     from fpn.training.run_record import finished_run, write_run_record
     from tests.conftest import S3_BUCKET
-    from tune.trial import _finished_run
 
     storage = f"s3://{S3_BUCKET}/orchestration/trials"
     assert finished_run(storage, "r") is None
     write_run_record(f"{storage}/r", _outcome(f"{storage}/r"), {})
     record = finished_run(storage, "r")
     assert record is not None and record.usable and record.run_dir == f"{storage}/r"
-
-    class Cfg:
-        def storage_path(self) -> str:
-            return storage
-
-        def resolved_run_name(self) -> str:
-            return "r"
-
-    assert _finished_run(Cfg())  # a trial restarted on S3 storage only reports again
+    # a trial restarted on S3 storage finds its record the same way (tune/trial.py adds the
+    # run's identity: tests/test_run_identity.py)
+    assert finished_run(storage, "r", store_fingerprint=record.store_fingerprint,
+                        config_hash=record.config_hash) is not None
 
 
 # -- the results table (unit) ---------------------------------------------------------------------
