@@ -43,6 +43,8 @@ import pytest
 pytest.importorskip("s3fs", reason="s3fs is in the 'cloud' extra")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the 'dev' extra")
 
+from tests.conftest import forget_s3_clients
+
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "fpn-cluster"
 SHAPE = ("8", "64", "32")  # (S, D, W): tiny volumes; the test is about the path, not learning
@@ -336,6 +338,7 @@ def test_docs_cluster_sequence(local_cluster, monkeypatch):
     # what the bucket holds: the store, the Ray storage (Tune + Train), the MLflow artifacts
     from fpn.data.store import open_store
 
+    forget_s3_clients()  # one cached for an earlier module's moto server would ask its old port
     fs = s3fs.S3FileSystem()
     fs.invalidate_cache()
     assert fs.isfile(f"{BUCKET}/store.zarr/zarr.json")
