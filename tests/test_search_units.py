@@ -23,7 +23,9 @@ def test_source_run_id_of_an_mlflow3_logged_model(tmp_path):
     from fpn.evaluation import _source_run_id
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.end_run()  # the fluent API is process-global: nothing of an earlier test's
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
     with mlflow.start_run(experiment_id=exp) as run:
