@@ -343,7 +343,7 @@ def test_docs_cluster_sequence(local_cluster, monkeypatch):
     fs.invalidate_cache()
     assert fs.isfile(f"{BUCKET}/store.zarr/zarr.json")
     assert fs.glob(f"{BUCKET}/tune/trials/*/epoch_*/model.pt"), fs.find(f"{BUCKET}/tune")[:50]
-    assert fs.glob(f"{BUCKET}/tune/ga-fpn-none-r1/*")  # Tune's experiment state
+    assert fs.glob(f"{BUCKET}/tune/ga-fpn-none-*-r1/*")  # Tune's experiment state (keyed by the store)
     assert fs.find(f"{BUCKET}/mlflow"), "no MLflow artifact in the bucket"
     store = open_store(fpn_env["FPN_STORE"])
     test_visits = store.visits_for(splits="test")
@@ -359,7 +359,7 @@ def test_docs_cluster_sequence(local_cluster, monkeypatch):
     v = versions[0]
     assert v.tags["ratio"] == "1" and v.tags["ssl"] == "none"
     assert v.tags["store_fingerprint"] == store.fingerprint
-    assert v.tags["test_split"] == "test" and v.tags["study"] == "ga-fpn-none-r1"
+    assert v.tags["test_split"] == "test" and v.tags["study"] == f"ga-fpn-none-{store.fingerprint[:8]}-r1"
     for tag in ("val_dice", "test_dice"):
         assert 0.0 <= float(v.tags[tag]) <= 1.0, (tag, v.tags[tag])
     for tag in ("trial", "test_keys_sha", "mlflow_run_id", "git_revision"):
