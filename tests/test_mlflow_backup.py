@@ -11,35 +11,13 @@ import time
 
 import pytest
 
-from tests.conftest import forget_s3_clients
+from tests.conftest import S3_BUCKET
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 pytest.importorskip("s3fs", reason="s3fs is in the 'cloud' extra")
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the 'dev' extra")
+pytest.importorskip("moto.server", reason="moto[server] is in the 'dev' extra")
 
-BUCKET = "fpn-backup-test"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        forget_s3_clients()
-        yield env
-    server.stop()
-    forget_s3_clients()
+BUCKET = S3_BUCKET  # moto's S3 server: the s3_endpoint fixture of tests/conftest.py
 
 
 def _tracking_db(path) -> str:
