@@ -85,6 +85,10 @@ def node_loss_drill(work: Path, *, elastic: bool = False, epochs: int = 4, kill_
     work.mkdir(parents=True, exist_ok=True)
     # faster failure detection than the default 2 s poll; Ray Train forwards it to its controller
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # the cluster's address is recorded in a private RAY_TMPDIR: recorded in the default one,
+    # it would become "the" cluster that Ray's auto-detection finds for every other Ray job on
+    # this machine while the drill runs (see fpn.training.ray_connect)
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="dr", dir="/tmp")  # short: unix sockets
     # the head: drivers only (the driver resource, as on the cluster's on-demand head)
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 0, "resources": {"fpn_driver": 1},
@@ -171,8 +175,13 @@ def _figures(cfg: Any, outcome: Any, run_dir: Path, events: dict[str, float], t0
     epoch_s = (sum(before) / len(before)) if before else (sum(after) / len(after) if after else 0.0)
     restart = attempts[1] if len(attempts) > 1 else None
     resumed_from = restart["start_epoch"] if restart else None
-    in_progress = kill_after + 1  # the epoch being trained when the node went
-    lost_s = (logged_at.get(in_progress, 0.0) - logged_at.get(kill_after, 0.0) - epoch_s
+    # the last epoch that completed (reported, checkpointed and logged) before the restart: the
+    # node goes right after the checkpoint of ``kill_after``, but on a loaded machine the
+    # surviving rank can still finish the next epoch's report before the controller notices
+    completed = [e for e, t in logged_at.items() if restart and t <= restart["time"]]
+    last_completed = max(completed, default=kill_after)
+    in_progress = last_completed + 1  # the epoch being trained when the node went
+    lost_s = (logged_at.get(in_progress, 0.0) - logged_at.get(last_completed, 0.0) - epoch_s
               if restart else 0.0)
     return {
         "mode": "elastic (workers 1..2)" if elastic else "fixed (2 workers, replacement node)",
@@ -181,8 +190,9 @@ def _figures(cfg: Any, outcome: Any, run_dir: Path, events: dict[str, float], t0
         "attempts": attempts,
         "world_sizes": [a["world_size"] for a in attempts],
         "resumed_from_epoch": resumed_from,
+        "last_epoch_completed_before_restart": last_completed if restart else None,
         # completed epochs trained twice (0 when the restart picks up at the last checkpoint)
-        "epochs_repeated": (kill_after + 1 - resumed_from) if restart else 0,
+        "epochs_repeated": (last_completed + 1 - resumed_from) if restart else 0,
         # the interrupted epoch's work is discarded as well: partial, counted in time_lost_s
         "partial_epochs_discarded": 1 if restart else 0,
         "epoch_s": round(epoch_s, 2),
