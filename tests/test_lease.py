@@ -179,3 +179,32 @@ def test_unsupported_scheme_is_a_clear_error():
 
     with pytest.raises(LeaseError, match="memory://x/lease: leases need"):
         Lease("memory://x/lease")
+
+
+def test_a_holder_killed_on_this_machine_is_taken_over_at_once(tmp_path):
+    """A killed job restarted on the same machine does not wait out the TTL: the holder's
+    process is gone. A live holder's lease, and one from another process space (another
+    machine, or a container with its own pid namespace), still wait for the TTL."""
+    location = str(tmp_path / "writer.lease")
+    code = ("import sys, time; from fpn.data.lease import Lease; "
+            "lease = Lease(sys.argv[1], ttl_s=600); lease.acquire(); print('held', flush=True); "
+            "time.sleep(600)")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, location],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseHeld, match="stale after 600s"):
+            Lease(location, ttl_s=600).acquire()  # alive: held
+    finally:
+        holder.kill()
+        holder.wait()  # reaped: its pid is free
+    with Lease(location, ttl_s=600) as lease:
+        assert lease.took_over is not None and lease.took_over.owner.pid == holder.pid
+
+    elsewhere = LeaseOwner("other-node", holder.pid, "bob", "ab" * 16, "python -m x",
+                           process_space="another-boot:pid:[4026531836]")
+    now = time.time()
+    Path(location).write_bytes(LeaseRecord(elsewhere, now, now, 600.0).to_json())
+    with pytest.raises(LeaseHeld, match="bob@other-node"):
+        Lease(location, ttl_s=600).acquire()

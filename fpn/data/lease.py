@@ -45,6 +45,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol, Self
 
 __all__ = [
@@ -82,6 +83,28 @@ class LeaseLost(LeaseError):
     """This process held the lease but no longer does (taken over, deleted, or not refreshed)."""
 
 
+def _process_space() -> str:
+    """Where a pid means one process: this boot of this kernel and this pid namespace (Linux);
+    "" where that cannot be told (then only the TTL says a holder is gone). Containers that
+    share the host's name (``--net=host``) have their own pid namespace, so a pid there is
+    never looked up here."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class LeaseOwner:
     """Who holds (or wants) a lease; ``token`` tells two holders on one host and pid apart."""
@@ -91,6 +114,15 @@ class LeaseOwner:
     user: str
     token: str
     command: str
+    #: :func:`_process_space` of the holder: where its ``pid`` can be looked up ("" = nowhere)
+    process_space: str = ""
+
+    def gone(self) -> bool:
+        """True when the holder ran in this process space and its process has exited: its
+        lease is stale at once, whatever its heartbeat says (a killed job restarted on the same
+        machine does not wait out the TTL). A reused pid only delays that to the TTL."""
+        return (bool(self.process_space) and self.process_space == _process_space()
+                and not _pid_alive(self.pid))
 
     @classmethod
     def current(cls, command: str | None = None) -> LeaseOwner:
@@ -100,7 +132,8 @@ class LeaseOwner:
         except (KeyError, OSError):  # no passwd entry (containers)
             user = str(os.getuid()) if hasattr(os, "getuid") else "?"
         return cls(host=socket.gethostname(), pid=os.getpid(), user=user,
-                   token=uuid.uuid4().hex, command=command or " ".join(sys.argv) or sys.executable)
+                   token=uuid.uuid4().hex, command=command or " ".join(sys.argv) or sys.executable,
+                   process_space=_process_space())
 
 
 @dataclass(frozen=True)
@@ -114,8 +147,10 @@ class LeaseRecord:
     version: int = LEASE_VERSION
 
     def stale(self, now: float | None = None) -> bool:
-        """True when the heartbeat is older than the TTL the holder announced."""
-        return (time.time() if now is None else now) - self.heartbeat_at > self.ttl_s
+        """True when the heartbeat is older than the TTL the holder announced, or the holder's
+        process is known to have exited (:meth:`LeaseOwner.gone`)."""
+        return ((time.time() if now is None else now) - self.heartbeat_at > self.ttl_s
+                or self.owner.gone())
 
     def describe(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
