@@ -132,6 +132,12 @@ def test_connect_ray_prefers_ray_address_and_never_the_recorded_cluster(monkeypa
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert ray_connect.connect_ray(num_cpus=2) == "local"
     assert calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 2
+    # Ray's helpers inside the job ask this instance's own state API, not a recorded cluster's
+    pinned = calls[-1]["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"]
+    assert pinned == f"http://127.0.0.1:{calls[-1]['dashboard_port']}"
+    ray_connect.connect_ray(runtime_env={"env_vars": {"A": "1"}}, dashboard_port=8999)
+    assert calls[-1]["runtime_env"]["env_vars"] == {
+        "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:8999", "A": "1"}
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6390")
     assert ray_connect.connect_ray(num_cpus=2) == "cluster"
     assert calls[-1]["address"] == "127.0.0.1:6390" and "num_cpus" not in calls[-1]

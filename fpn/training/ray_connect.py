@@ -6,6 +6,13 @@ cluster is gone waits forever for its GCS. Every entry point (``python -m fpn pr
 the search, the paper table, the benchmarks) therefore connects through :func:`connect_ray`:
 ``RAY_ADDRESS`` when it is set (a cluster the user named), otherwise a fresh local instance
 (``address="local"``), never the stale recorded cluster.
+
+A local instance also pins Ray's own helpers inside the job to itself. Ray Train's
+placement-group cleaner asks the state API whether the run's controller is alive, and finds "the"
+API server by auto-detection: with several Ray instances on the machine that is the cluster
+``ray start`` last recorded, not this instance, which does not know the controller, so the
+cleaner removes the run's placement group and the run dies. The job's runtime environment
+therefore carries ``RAY_API_SERVER_ADDRESS`` of this instance's own dashboard.
 """
 
 from __future__ import annotations
@@ -36,5 +43,19 @@ def connect_ray(num_cpus: int | None = None, **init_kwargs: Any) -> str:
         ray.init(address=address, **init_kwargs)
         return "cluster"
     # the dashboard stays on: it serves the state API that Ray Train polls
-    ray.init(address="local", num_cpus=num_cpus, **init_kwargs)
+    port = init_kwargs.pop("dashboard_port", None) or _free_port()
+    runtime_env = dict(init_kwargs.pop("runtime_env", None) or {})
+    runtime_env["env_vars"] = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+                               **runtime_env.get("env_vars", {})}
+    init_kwargs.setdefault("dashboard_host", "127.0.0.1")
+    ray.init(address="local", num_cpus=num_cpus, dashboard_port=port, runtime_env=runtime_env,
+             **init_kwargs)
     return "local"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # another Ray instance on this machine may hold 8265
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
