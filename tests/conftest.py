@@ -7,6 +7,20 @@ from pathlib import Path
 
 import pytest
 
+#: the modules that take minutes, longest first: the suite runs on two pytest-xdist workers, a
+#: module at a time each (``--dist loadfile``, pyproject.toml), and starting the long ones first
+#: keeps one worker from being left with a long module at the end
+LONG_MODULES = ("test_search.py", "test_device_check.py", "test_local_cluster.py",
+                "test_training.py", "test_spot_interruption.py", "test_drills.py",
+                "test_ray_connect.py", "test_experiments.py", "test_cluster_config.py",
+                "test_preflight.py", "test_object_storage.py", "test_run_identity.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
 SYNTHETIC_SHAPE = (8, 64, 32)  # (S, D, W): tiny, so the whole suite stays fast
 #: the bucket of :func:`s3_endpoint`
 S3_BUCKET = "fpn-test"
@@ -17,10 +31,14 @@ def ray_local():
     """A local Ray instance with 2 CPUs, started once for the session (reused if already up)."""
     import ray
 
+    from fpn.training.ray_connect import connect_ray
+
     started = False
     if not ray.is_initialized():
         # with the dashboard: it serves the state API that Ray Train polls
-        ray.init(address="local", num_cpus=2, log_to_driver=False)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("RAY_ADDRESS", raising=False)  # the tests' own instance, always
+            connect_ray(num_cpus=2, log_to_driver=False)
         started = True
     yield ray
     if started:

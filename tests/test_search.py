@@ -1,10 +1,17 @@
-"""End to end on CPU: `python -m tune.search` on the tiny store, killed after its first finished
-trial and run again; then the studies, MLflow runs, registered versions and the table. Two epochs
-per trial, so that ASHA (not FIFO) schedules the trials and may stop some after epoch 1. Then one
-search whose store, Ray storage and MLflow artifacts are all on an S3 endpoint on 127.0.0.1."""
+"""End to end on CPU: `python -m tune.search` with shared pretraining on the tiny store, killed
+after its first finished trial and run again; then the studies, MLflow runs, registered versions,
+the shared pretrainings and the table. Two epochs per trial, so that ASHA (not FIFO) schedules the
+trials and may stop some after epoch 1; two architectures drawn at two ratios, so that each is
+pretrained once and reused across trials, ratios and the restart. Then a second search on another
+store in the same workdir, which must be its own (identity by the store's fingerprint), and one
+search whose store, Ray storage and MLflow artifacts are all on an S3 endpoint on 127.0.0.1.
+
+One search serves all of these (it was three modules with a search each): the suite's time is
+mostly Ray and Tune starting up, not training."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,9 +25,14 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 RATIOS = ("0.5", "1.0")
-TRIALS = 3
+TRIALS = 2  # per ratio: ASHA has two to compare, and the two architectures can both be drawn
 ROOT = Path(__file__).resolve().parent.parent
-# ~5 min on 2 cores: two searches (one killed), 6 trials; then the S3 search, 2 trials
+# two architectures (two shared pretrainings) and the learning rate
+SPACE = """params:
+  model.kwargs.depth_convs_offset: {type: categorical, choices: [-1, 0]}
+  optim.lr: {type: float, low: 0.01, high: 0.1, log: true}
+fixed: {}
+"""
 E2E = (pytest.mark.slow, pytest.mark.integration)
 
 
@@ -31,11 +43,17 @@ def _e2e(test):
 
 
 def _args(store: Path | str, work: Path, *, ratios: tuple[str, ...] = RATIOS,
-          trials: int = TRIALS) -> list[str]:
+          trials: int = TRIALS, ssl: str = "none", epochs: int = 2) -> list[str]:
     # the tiny recipe (fpn/recipes/tiny.yaml): 8 x 32 crops, one per visit, batch 4, 1 best
     return [sys.executable, "-m", "tune.search", "--data", str(store), "--workdir", str(work),
-            "--ssl", "none", "--ratios", *ratios, "--trials", str(trials), "--epochs", "2",
-            "--num-cpus", "2", "--seed", "0", "--recipe", "tiny"]
+            "--ssl", ssl, "--ratios", *ratios, "--trials", str(trials), "--epochs", str(epochs),
+            "--pretrain-epochs", "1", "--num-cpus", "2", "--seed", "0", "--recipe", "tiny"]
+
+
+def _pretrained_args(store: Path | str, work: Path, **kw) -> list[str]:
+    space = work / "space.yaml"
+    space.write_text(SPACE)
+    return [*_args(store, work, ssl="inverted_faf", **kw), "--space", str(space)]
 
 
 def _complete_trials(db: Path) -> dict[str, int]:
@@ -55,10 +73,9 @@ def _complete_trials(db: Path) -> dict[str, int]:
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory) -> Path:
-    """The conftest's tiny synthetic store, made with a Ray of our own (``address="local"``: a
-    cluster that another job started on this machine must not be joined)."""
+def _tiny_store(root: Path, seed: int) -> Path:
+    """The conftest's tiny synthetic store (another ``seed``: another store), made with a Ray of
+    our own (``address="local"``: a cluster that another job started here must not be joined)."""
     import ray
 
     from data_prep.convert import convert
@@ -67,12 +84,16 @@ def tiny_store(tmp_path_factory) -> Path:
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    root = tmp_path_factory.mktemp("tiny")
-    make_synthetic_dataset(root / "source", patients=4, unlabelled=2, shape=SYNTHETIC_SHAPE,
-                           visits=2, seed=0)
-    stats = convert(str(root / "source"), str(root / "store.zarr"), progress=False)
+    make_synthetic_dataset(root / f"source{seed}", patients=4, unlabelled=2,
+                           shape=SYNTHETIC_SHAPE, visits=2, seed=seed)
+    stats = convert(str(root / f"source{seed}"), str(root / f"store{seed}.zarr"), progress=False)
     assert stats.ok, stats.summary_line()
-    return root / "store.zarr"
+    return root / f"store{seed}.zarr"
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> Path:
+    return _tiny_store(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +101,10 @@ def searched(tiny_store, tmp_path_factory):
     """Run the search, SIGKILL it once a trial has finished, run it again to the end."""
     work = tmp_path_factory.mktemp("search")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen(_args(tiny_store, work), cwd=work, env=env,
+    first = subprocess.Popen(_pretrained_args(tiny_store, work), cwd=work, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600  # a loaded machine: two pretrainings come first
     before: dict[str, int] = {}
     while time.monotonic() < deadline and first.poll() is None:
         before = _complete_trials(work / "optuna.db")
@@ -93,8 +114,8 @@ def searched(tiny_store, tmp_path_factory):
     os.killpg(first.pid, signal.SIGKILL)  # the search and the Ray it started
     first.wait()
     assert sum(before.values()) >= 1, "no trial finished before the kill"
-    again = subprocess.run(_args(tiny_store, work), cwd=work, env=env, capture_output=True,
-                           text=True, timeout=600, check=False)
+    again = subprocess.run(_pretrained_args(tiny_store, work), cwd=work, env=env,
+                           capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     return work, before, again.stdout
 
@@ -105,7 +126,7 @@ def test_studies_hold_each_trial_once(searched):
     after = _complete_trials(work / "optuna.db")
     import re
 
-    assert len(after) == 2 and all(re.fullmatch(r"ga-fpn-none-[0-9a-f]{8}-r(0\.5|1)", s)
+    assert len(after) == 2 and all(re.fullmatch(r"ga-fpn-inverted_faf-[0-9a-f]{8}-r(0\.5|1)", s)
                                    for s in after), after
     assert all(n == TRIALS for n in after.values()), after
     for study, n in before.items():
@@ -154,10 +175,122 @@ def test_registered_versions_and_tags(searched):
 def test_results_table(searched):
     work, _, out = searched
     table = (work / "results" / "table.md").read_text()
-    assert "| Method | 0.5 | 1 |" in table and "| FPN |" in table and "±" in table
+    assert "| Method | 0.5 | 1 |" in table and "±" in table
+    assert "| FPN (inverted_faf pretraining) |" in table
     assert (work / "results" / "table.csv").read_text().count("\n") == 1 + len(RATIOS)
     assert (work / "results" / "dice_vs_ratio.png").stat().st_size > 0
     assert "optuna-dashboard sqlite:///" in out and "mlflow ui --backend-store-uri" in out
+
+
+def check_shared_pretraining(work: Path, *, ratios: int, trials_per_ratio: int) -> None:
+    """Each architecture drawn is pretrained once and every trial fine-tunes the pretraining of
+    the architecture it drew (callable on a search run by hand)."""
+    from mlflow.tracking import MlflowClient
+
+    from fpn.training.run_record import finished_run
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fpn-search")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    pretrain_runs = [r for r in runs if r.data.tags.get("fpn.search_role") == "pretrain"]
+    trials = [r for r in runs if r.data.tags.get("fpn.search_role") == "trial"]
+    parents = [r for r in runs if r.data.tags.get("fpn.search_role") == "ratio"]
+    assert len(parents) == ratios and len(trials) == ratios * trials_per_ratio
+
+    records = {p.parent.name: json.loads(p.read_text())
+               for p in (work / "ray" / "pretrain").glob("*/pretrained.json")}
+    drawn = {json.loads(t.data.tags["fpn.trial_params"])["model.kwargs.depth_convs_offset"]
+             for t in trials}
+    # each architecture drawn is pretrained once: one record, one MLflow run each
+    assert len(records) == len(drawn) == len(pretrain_runs)
+    assert sorted(r["kwargs"]["depth_convs_offset"] for r in records.values()) == sorted(drawn)
+    assert sorted(r.data.tags["fpn.pretraining_key"] for r in pretrain_runs) == sorted(records)
+    # every trial fine-tuned the pretraining of the architecture it drew, and its network is it
+    # (a trial that ASHA stopped has no finished record: its tags still say what it loaded)
+    finished = 0
+    for t in trials:
+        offset = json.loads(t.data.tags["fpn.trial_params"])["model.kwargs.depth_convs_offset"]
+        key = t.data.tags["fpn.pretraining_key"]
+        assert records[key]["kwargs"]["depth_convs_offset"] == offset
+        record = finished_run(str(work / "ray" / "trials"), t.data.tags["fpn.run_name"])
+        if record is None:
+            assert t.data.tags.get("fpn.status") == "stopped", t.data.tags
+            continue
+        finished += 1
+        assert record.config["model"]["kwargs"]["depth_convs_offset"] == offset
+        assert record.config["init"] == records[key]["run_dir"]
+    assert finished >= ratios  # at least each ratio's best
+    # per ratio on the parent run: trained + reused = the ratio's trials; trained once overall
+    trained = reused = 0
+    for p in parents:
+        trained += int(p.data.metrics["pretrain/trained"])
+        reused += int(p.data.metrics["pretrain/reused"])
+    assert trained == len(records) and trained + reused == len(trials)
+    assert sum(t.data.tags["fpn.pretraining"] == "trained" for t in trials) == len(records)
+
+
+@_e2e
+def test_each_architecture_is_pretrained_once_and_every_trial_uses_its_own(searched):
+    """Across both ratios and the kill and restart: no pretraining is trained twice."""
+    work, _, out = searched
+    check_shared_pretraining(work, ratios=len(RATIOS), trials_per_ratio=TRIALS)
+    assert "pretraining(s) trained" in out and "reused" in out
+
+
+@pytest.fixture(scope="module")
+def searched_again_on_another_store(searched, tmp_path_factory):
+    """The same search (one trial, one epoch, ratio 1.0) on another store in the same workdir.
+    It changes the workdir: the tests of the first search come before the tests using it."""
+    work, _, _ = searched
+    other = _tiny_store(tmp_path_factory.mktemp("other"), seed=1)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(_pretrained_args(other, work, ratios=("1.0",), trials=1, epochs=1),
+                         cwd=work, env=env, capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return work, other, run.stdout
+
+
+@_e2e
+def test_a_search_on_another_store_in_the_same_workdir_is_its_own(
+        tiny_store, searched_again_on_another_store):
+    """Before, the second search reused the first's trials and cached test Dice, and re-tagged
+    its registered version with the new store's fingerprint."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from fpn.data.store import open_store
+
+    work, other, out = searched_again_on_another_store
+    fp, fp_other = (open_store(str(s)).fingerprint for s in (tiny_store, other))
+    assert fp != fp_other
+    assert "already holds" not in out  # the second search ran its own trial
+
+    studies = sorted(s.study_name for s in optuna.get_all_study_summaries(
+        f"sqlite:///{work / 'optuna.db'}"))
+    assert studies == sorted([f"ga-fpn-inverted_faf-{fp[:8]}-r0.5",
+                              f"ga-fpn-inverted_faf-{fp[:8]}-r1",
+                              f"ga-fpn-inverted_faf-{fp_other[:8]}-r1"])
+    assert all((work / "ray" / name).is_dir() for name in studies)  # own Tune experiments
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name("fpn-search")
+    parents = client.search_runs([exp.experiment_id],
+                                 filter_string="tags.`fpn.search_role` = 'ratio'")
+    assert sorted(p.data.tags["fpn.store_fingerprint"] for p in parents) == sorted(
+        [fp, fp, fp_other])
+    assert all("test/dice_mean" in p.data.metrics for p in parents)
+    versions = client.search_model_versions("name='ga-fpn'")
+    # the first search's versions keep their store; the second registered its own
+    assert sorted(v.tags["store_fingerprint"] for v in versions) == sorted([fp, fp, fp_other])
+    assert len({v.tags["mlflow_run_id"] for v in versions}) == 3
+    # a pretraining is known by its store too: the other store's was trained, not reused
+    stores = sorted(json.loads(p.read_text())["store_fingerprint"]
+                    for p in (work / "ray" / "pretrain").glob("*/pretrained.json"))
+    assert stores.count(fp_other) == 1 and fp in stores
+    # the second search's table is its own store's
+    assert (work / "results" / "table.md").read_text().count("| FPN (inverted_faf") == 1
 
 
 @pytest.mark.unit
