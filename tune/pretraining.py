@@ -10,7 +10,9 @@ trial needs it first, and reused by every later trial and ratio that draws it:
 - ``<storage>/pretrain/<key>/.lease``: a :class:`fpn.data.lease.Lease` (owner + heartbeat) held
   while one trial pretrains; every other trial needing that key waits for the record. A holder
   that died (the search was killed) stops refreshing its heartbeat, so after ``ttl_s`` the next
-  trial takes the lease over and its pretraining run resumes from its last checkpoint.
+  trial takes the lease over and its pretraining run resumes from its last checkpoint; at once
+  when the holder ran on the same machine and its process is gone (a killed search restarted
+  where it ran: :meth:`fpn.data.lease.LeaseOwner.gone`).
 
 The storage is the search's (local disk or ``s3://``), so this works across the nodes of a
 cluster and across a restart of the search.

@@ -4,7 +4,8 @@ A lease is one small JSON object at a location (a local path, a ``file://`` URL 
 URL) naming its holder (host, pid, user, a random token, the command), when it was acquired and
 when its holder last proved alive (the heartbeat). While the holder runs, a daemon thread
 refreshes the heartbeat every ``heartbeat_s``; a lease whose heartbeat is older than ``ttl_s``
-belongs to a holder presumed dead and may be taken over.
+belongs to a holder presumed dead and may be taken over, and so does one whose holder ran on
+this machine (same boot, same pid namespace) and whose process has exited.
 
 Every change is atomic on the storage itself, so two contenders can never both win:
 
