@@ -1,5 +1,5 @@
-"""One way to reach Ray: a dead ``ray start`` cluster recorded on the machine never captures a
-local run.
+"""One way to reach Ray: a ``ray start`` cluster recorded on the machine, dead or alive, never
+captures a local run.
 
 A real head node is started with ``ray start --head`` (its own port and its own ``RAY_TMPDIR``,
 so that it records its address where only this test looks), then killed — its own processes, found by
@@ -7,6 +7,11 @@ that temp dir, not ``ray stop``, which would stop every Ray instance of this use
 Its address stays recorded, as after a cluster that went away. ``python -m fpn finetune --init``
 must then start its own local instance and finish; before ``connect_ray`` it called ``ray.put``
 first, which joined the recorded cluster and waited forever for its GCS.
+
+A live recorded cluster: Ray's helpers inside a local job (Ray Train's placement-group cleaner)
+must ask the job's own state API whether an actor lives; auto-detected, they asked the recorded
+cluster's, which said "dead" of every live actor (this test fails that way without the pin in
+``connect_ray``), and the cleaner removed the run's placement group.
 """
 
 from __future__ import annotations
@@ -65,40 +70,89 @@ def _processes_of(marker: str) -> list[int]:
     return sorted(set(pids + children))
 
 
-@pytest.fixture
-def dead_recorded_cluster():
-    """``RAY_TMPDIR`` whose ``ray_current_cluster`` names a head node that is gone."""
+def _kill_head(tmp: str) -> None:
+    for pid in _processes_of(tmp):  # the head's processes only (never `ray stop`)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _recorded_head(dashboard: bool) -> tuple[str, dict[str, str], int]:
+    """``ray start --head`` in a ``RAY_TMPDIR`` of its own: (that dir, an environment that
+    records it as the machine's cluster, its GCS port)."""
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix sockets live under it
     env = {**os.environ, "RAY_TMPDIR": tmp}
     env.pop("RAY_ADDRESS", None)
     port = _free_port()
-    recorded = Path(tmp) / "ray" / "ray_current_cluster"
-    try:
-        started = subprocess.run(
-            [shutil.which("ray") or "ray", "start", "--head", f"--port={port}", "--num-cpus=1",
-             "--include-dashboard=false"],
-            env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-        assert recorded.is_file(), "ray start --head did not record its address"
-    finally:
-        for pid in _processes_of(tmp):  # the head's processes only (never `ray stop`)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    started = subprocess.run(
+        [shutil.which("ray") or "ray", "start", "--head", f"--port={port}", "--num-cpus=1",
+         *(["--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}"] if dashboard
+           else ["--include-dashboard=false"])],
+        env=env, capture_output=True, text=True, timeout=180, check=False)
+    if started.returncode != 0:
+        _kill_head(tmp)
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+    assert (Path(tmp) / "ray" / "ray_current_cluster").is_file(), "ray start did not record it"
+    return tmp, env, port
+
+
+@pytest.fixture
+def dead_recorded_cluster():
+    """``RAY_TMPDIR`` whose ``ray_current_cluster`` names a head node that is gone."""
+    tmp, env, port = _recorded_head(dashboard=False)
+    _kill_head(tmp)
     deadline = time.time() + 30
     while _processes_of(tmp) and time.time() < deadline:
         time.sleep(0.5)
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the head's GCS still answers"
+    recorded = Path(tmp) / "ray" / "ray_current_cluster"
     assert str(port) in recorded.read_text()  # still recorded: the stale cluster a user has
     yield env
-    for pid in _processes_of(tmp):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _kill_head(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def live_recorded_cluster():
+    """``RAY_TMPDIR`` whose ``ray_current_cluster`` names a head node that is up (another job's
+    cluster on this machine), with the state API its dashboard serves."""
+    tmp, env, _ = _recorded_head(dashboard=True)
+    yield env
+    _kill_head(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+_ASK_OWN_STATE_API = """
+import ray
+from fpn.training.ray_connect import connect_ray
+from ray.train.v2._internal.state.util import is_actor_alive
+
+connect_ray(num_cpus=1, log_to_driver=False)
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def alive(self, actor_id):  # what Ray Train's placement-group cleaner asks, from inside
+        return bool(is_actor_alive(actor_id=actor_id, timeout=30))
+
+probe = Probe.remote()
+print("alive" if ray.get(probe.alive.remote(probe._actor_id.hex())) else "dead", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_local_instance_asks_its_own_state_api_despite_a_live_recorded_cluster(
+        live_recorded_cluster):
+    """Ray Train's placement-group cleaner asks the state API whether the run's controller is
+    alive; auto-detected, that is the recorded cluster's, which answers "no such actor", and
+    the cleaner removes the run's placement group. ``connect_ray`` pins it to its own."""
+    env = {**live_recorded_cluster, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _ASK_OWN_STATE_API], env=env,
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "alive", proc.stdout[-2000:]
 
 
 @pytest.mark.slow
