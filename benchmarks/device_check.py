@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -398,7 +399,7 @@ class Checker:
         from ray.cluster_utils import Cluster
 
         tmp = tempfile.mkdtemp(prefix="dc", dir="/tmp")  # short: Ray's unix sockets live there
-        os.environ["RAY_TMPDIR"] = self.env["RAY_TMPDIR"] = tmp
+        os.environ["RAY_TMPDIR"] = self.env["RAY_TMPDIR"] = self.ray_tmp = tmp
         with socket.socket() as sock:  # another Ray on this machine may hold 8265
             sock.bind(("127.0.0.1", 0))
             dashboard_port = int(sock.getsockname()[1])
@@ -426,6 +427,7 @@ class Checker:
             return self._check()
         finally:
             cluster.shutdown()
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
     def _check(self) -> Report:
         s, fig = self.sizes, self.report.figures

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -88,7 +89,7 @@ def node_loss_drill(work: Path, *, elastic: bool = False, epochs: int = 4, kill_
     # the cluster's address is recorded in a private RAY_TMPDIR: recorded in the default one,
     # it would become "the" cluster that Ray's auto-detection finds for every other Ray job on
     # this machine while the drill runs (see fpn.training.ray_connect)
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="dr", dir="/tmp")  # short: unix sockets
+    ray_tmp = os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="dr", dir="/tmp")  # short
     # the head: drivers only (the driver resource, as on the cluster's on-demand head)
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 0, "resources": {"fpn_driver": 1},
@@ -158,6 +159,7 @@ def node_loss_drill(work: Path, *, elastic: bool = False, epochs: int = 4, kill_
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _figures(cfg: Any, outcome: Any, run_dir: Path, events: dict[str, float], t0: float,
