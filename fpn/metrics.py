@@ -1,7 +1,11 @@
 """Per-visit metrics on the native en-face grid, and their accumulation across Ray workers.
 
-Pure functions (``dice``, ``hd95``, ``ssim``) wrap MONAI and torchmetrics; ``VisitMetrics``
-collects one record per visit, merges records from every worker and aggregates mean +/- std.
+Pure functions (``dice``, ``hd95``, ``ssim``) on ``(S, W)`` arrays; ``VisitMetrics`` collects one
+record per visit, merges records from every worker and aggregates mean +/- std. They are written
+here (numpy, scipy.ndimage, :func:`fpn.losses.structural_similarity`) instead of calling MONAI's
+``compute_dice``/``compute_hausdorff_distance`` and torchmetrics' SSIM, whose imports cost every
+training process about 6.5 s of CPU (:mod:`fpn.losses`); ``tests/test_metrics.py`` holds them
+equal to those libraries.
 """
 
 from __future__ import annotations
@@ -11,10 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
-from torchmetrics.functional.image import structural_similarity_index_measure
+from scipy import ndimage
 
-from fpn.losses import ssim_window_for
+from fpn.losses import ssim_window_for, structural_similarity
 
 __all__ = ["RECORD_META", "VisitMetrics", "dice", "hd95", "ssim", "visit_record"]
 
@@ -22,28 +25,38 @@ __all__ = ["RECORD_META", "VisitMetrics", "dice", "hd95", "ssim", "visit_record"
 RECORD_META = frozenset({"visit", "patient_id", "eye", "day"})
 
 
-def _as_mask(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    return (t > 0.5).float().reshape(1, 1, *t.shape[-2:])
+def _as_mask(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return a.reshape(a.shape[-2:]) > 0.5
 
 
 def dice(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> float:
     """Dice of two binary ``(S, W)`` masks; an empty prediction on an empty mask scores 1."""
-    return float(compute_dice(_as_mask(pred), _as_mask(target), include_background=True,
-                              ignore_empty=False).item())
+    p, t = _as_mask(pred), _as_mask(target)
+    total = int(p.sum()) + int(t.sum())
+    return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """The mask's boundary pixels: in the mask, with a 4-neighbour outside it (or off the grid)."""
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
 def hd95(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
          spacing_sw: tuple[float, float] = (1.0, 1.0)) -> float:
-    """95th-percentile Hausdorff distance in mm between binary ``(S, W)`` masks.
+    """95th-percentile Hausdorff distance in mm between binary ``(S, W)`` masks: the larger of
+    the two directed 95th percentiles of boundary-to-nearest-boundary distances.
 
     NaN when either mask is empty (undefined), 0 when both are identical.
     """
     p, t = _as_mask(pred), _as_mask(target)
-    if p.sum() == 0 or t.sum() == 0:
+    if not p.any() or not t.any():
         return math.nan
-    return float(compute_hausdorff_distance(p, t, include_background=True, percentile=95,
-                                            spacing=list(spacing_sw)).item())
+    ep, et = _edges(p), _edges(t)
+    spacing = [float(s) for s in spacing_sw]
+    to_t = ndimage.distance_transform_edt(~et, sampling=spacing)[ep]
+    to_p = ndimage.distance_transform_edt(~ep, sampling=spacing)[et]
+    return float(max(np.percentile(to_t, 95), np.percentile(to_p, 95)))
 
 
 def ssim(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
@@ -52,8 +65,7 @@ def ssim(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
     p = torch.as_tensor(np.asarray(pred, np.float32)).reshape(1, 1, *np.shape(pred)[-2:])
     t = torch.as_tensor(np.asarray(target, np.float32)).reshape(1, 1, *np.shape(target)[-2:])
     k = ssim_window_for(tuple(p.shape[-2:]), window)
-    return float(structural_similarity_index_measure(p, t, gaussian_kernel=True, sigma=sigma,
-                                                     kernel_size=k, data_range=1.0))
+    return float(structural_similarity(p, t, kernel_size=k, sigma=sigma, data_range=1.0))
 
 
 def visit_record(key: str, prob: np.ndarray, target: np.ndarray, *, ssl: bool,

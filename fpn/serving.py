@@ -23,7 +23,7 @@ __all__ = ["DEFAULT_MAX_VOXELS", "MAX_VOXELS_ENV", "PIP_REQUIREMENTS", "checked_
 
 # Explicit, installable pins: MLflow's inference is slow and writes an uninstallable "+cpu" pin.
 PIP_REQUIREMENTS = [
-    "torch==2.13.0", "numpy", "monai", "torchmetrics", "pydantic>=2", "pyyaml", "zarr>=3",
+    "torch==2.13.0", "numpy", "pydantic>=2", "pyyaml", "zarr>=3",
     "scipy", "matplotlib",
 ]
 

@@ -3,11 +3,14 @@ after its first finished trial and run again; then the studies, MLflow runs, reg
 the shared pretrainings and the table. Two epochs per trial, so that ASHA (not FIFO) schedules the
 trials and may stop some after epoch 1; two architectures drawn at two ratios, so that each is
 pretrained once and reused across trials, ratios and the restart. Then a second search on another
-store in the same workdir, which must be its own (identity by the store's fingerprint), and one
-search whose store, Ray storage and MLflow artifacts are all on an S3 endpoint on 127.0.0.1.
+store in the same workdir, which must be its own (identity by the store's fingerprint).
 
 One search serves all of these (it was three modules with a search each): the suite's time is
-mostly Ray and Tune starting up, not training."""
+mostly Ray and Tune starting up, not training. The search whose store (``--data s3://``), Ray
+storage (``--storage s3://``) and MLflow artifacts are all on an S3 endpoint on 127.0.0.1 (moto's
+server), and which must register a version from the trials' records in the bucket, is step 4 of
+``tests/test_local_cluster.py`` (the docs/cluster.md sequence, a real two-node cluster and an
+``mlflow server``); this module ran a second copy of it on a local Ray until 2026-12-04."""
 
 from __future__ import annotations
 
@@ -325,46 +328,3 @@ def test_search_efficiency_counts_trial_epochs_in_time_order(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| fifo_random | 2 | 4 | 0.9000 | 4 | 4 |" in table
     assert "| asha_tpe | 2 | 3 | 0.9500 | 3 | 2 |" in table
-
-
-@_e2e
-def test_search_on_s3_registers_a_version(s3_endpoint, synthetic_source, tmp_path):
-    """``--data s3://``, ``--storage s3://`` and MLflow artifacts in the bucket: the trials'
-    records are read from the bucket (they were looked for on local disk only before, and every
-    ratio failed with "no trial finished with a checkpoint"), the best is evaluated and
-    registered. DataLoader workers: 0 (the tiny recipe), see fpn/recipes/tiny.yaml."""
-    import s3fs
-    from mlflow.tracking import MlflowClient
-
-    from data_prep.convert import convert
-    from tests.conftest import S3_BUCKET
-
-    store = f"s3://{S3_BUCKET}/search/store.zarr"
-    options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
-    stats = convert(str(synthetic_source), store, progress=False, storage_options=options,
-                    num_cpus=1)
-    assert stats.ok, stats.summary_line()
-    work = tmp_path / "work"
-    work.mkdir()
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    # the experiment's artifacts in the bucket, as `mlflow server --artifacts-destination s3://`
-    MlflowClient(uri).create_experiment("fpn-search", artifact_location=f"s3://{S3_BUCKET}/mlflow")
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
-    storage = f"s3://{S3_BUCKET}/search/ray"
-    # one trial of one epoch: this test is about where things live, ASHA is tested above
-    run = subprocess.run([*_args(store, work, ratios=("1.0",), trials=1), "--epochs", "1",
-                          "--storage", storage],
-                         cwd=work, env=env, capture_output=True, text=True, timeout=600,
-                         check=False)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    versions = client.search_model_versions("name='ga-fpn'")
-    assert len(versions) == 1 and versions[0].tags["ratio"] == "1"
-    assert versions[0].source.startswith(f"s3://{S3_BUCKET}/mlflow/") or \
-        versions[0].source.startswith("models:/")
-    fs = s3fs.S3FileSystem()
-    fs.invalidate_cache()
-    records = fs.glob(f"{S3_BUCKET}/search/ray/trials/*/fpn_run.json")
-    assert len(records) >= 1
-    assert "| Method | 1 |" in (work / "results" / "table.md").read_text()

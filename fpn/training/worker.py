@@ -337,7 +337,6 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from fpn.models import create_model
-    from fpn.tracking import RunLogger
 
     cfg = TrainConfig.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
@@ -363,7 +362,11 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     score_key = score_name(cfg)
     start_epoch = restored.start_epoch
 
-    logger = RunLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if rank == 0 else None
+    logger = None
+    if rank == 0:  # only rank 0 logs: the other ranks never import MLflow (2-3 s of CPU each)
+        from fpn.tracking import RunLogger
+
+        logger = RunLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
     if logger is not None:
         for past in restored.history:  # back-fill what a crash between checkpoint and logging lost
             logger.log_epoch(int(past["epoch"]), past, probe_key="train/loss")
