@@ -8,7 +8,7 @@ an optional L1 term.
 
 Both are written here in a few lines of torch rather than taken from MONAI (``DiceLoss``) and
 torchmetrics (``structural_similarity_index_measure``): importing those packages costs every
-process that trains about 6.5 s of CPU (MONAI's ``__init__`` loads all of MONAI, torchmetrics
+process that trains about 6.6 s of CPU (MONAI's ``__init__`` loads all of MONAI, torchmetrics
 loads scipy.signal), and every Ray Train worker, Tune trial and CLI trains. The unit tests
 (``tests/test_metrics.py``) hold both functions equal to those libraries.
 """

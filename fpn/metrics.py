@@ -4,7 +4,7 @@ Pure functions (``dice``, ``hd95``, ``ssim``) on ``(S, W)`` arrays; ``VisitMetri
 record per visit, merges records from every worker and aggregates mean +/- std. They are written
 here (numpy, scipy.ndimage, :func:`fpn.losses.structural_similarity`) instead of calling MONAI's
 ``compute_dice``/``compute_hausdorff_distance`` and torchmetrics' SSIM, whose imports cost every
-training process about 6.5 s of CPU (:mod:`fpn.losses`); ``tests/test_metrics.py`` holds them
+training process about 6.6 s of CPU (:mod:`fpn.losses`); ``tests/test_metrics.py`` holds them
 equal to those libraries.
 """
 
