@@ -8,7 +8,7 @@ small synthetic store), ``python -m fpn pretrain`` and ``finetune --init`` (1 wo
 three arms (bf16 eager, bf16 ``compile: true``, fp32), ``evaluate`` of the bf16 and fp32 arms on
 the test split, ``predict --input`` of a full-size 49 x 496 x 512 volume (NIfTI) with the
 5-member k-best ensemble, and a 2-trial ``tune/search.py`` whose trials share the one card
-(``--gpus-per-worker 0.5``); then ``benchmarks/gpu_train_step.py`` (the bare training loop on
+(``--gpus-per-worker 0.5``; one trial on CPU); then ``benchmarks/gpu_train_step.py`` (the bare training loop on
 in-memory crops of the same shape) for the reference speed. Every CLI joins one Ray head that
 the check starts first (``RAY_ADDRESS``, as a job on a cluster does) instead of starting and
 stopping a local Ray of its own, so the steps' times are training, not Ray start-up. Prints,
@@ -64,6 +64,7 @@ class Sizes:
     gpus_per_worker: float
     predict_shape: tuple[int, int, int]
     search_epochs: int
+    search_trials: int
     search_gpus_per_worker: float
     num_cpus: int | None
 
@@ -73,16 +74,17 @@ SIZES = {
     "cuda": Sizes(synth_shape=(49, 128, 512), patients=12, unlabelled=2, visits=2, crop=(32, 256),
                   batch=8, multiplier=16, epochs=5, pretrain_epochs=2, model_kwargs={},
                   loader_workers=4, cpus_per_worker=6, gpus_per_worker=1.0,
-                  predict_shape=(49, 496, 512), search_epochs=2, search_gpus_per_worker=0.5,
+                  predict_shape=(49, 496, 512), search_epochs=2, search_trials=2,
+                  search_gpus_per_worker=0.5,
                   num_cpus=None),
     # gpu_train_step.py --dry-run: crops 8 x 64 x 32 at batch 2 of the full-width FPN
     "cpu": Sizes(synth_shape=(8, 64, 32), patients=5, unlabelled=1, visits=1, crop=(8, 32),
                  batch=2, multiplier=1, epochs=2, pretrain_epochs=1,
                  model_kwargs={"width": 0.25}, loader_workers=2, cpus_per_worker=1,
                  gpus_per_worker=0.0, predict_shape=(9, 64, 40), search_epochs=1,
-                 # 4 logical CPUs on the 2-core test machine: the search's two trials (1 CPU
-                 # each) run at once, as the GPU check's two trials share the card
-                 search_gpus_per_worker=0.0, num_cpus=4),
+                 # one trial: what two trials on one card measure has no CPU counterpart, and
+                 # each trial is a Ray Train run (tens of CPU seconds) on the 2-core test machine
+                 search_trials=1, search_gpus_per_worker=0.0, num_cpus=4),
 }
 
 
@@ -375,7 +377,8 @@ class Checker:
         s = self.sizes
         cmd = self.py(str(ROOT / "tune" / "search.py"), "--data", self.store,
                       "--workdir", str(self.work / "search"), "--pretrained", pretrained,
-                      "--ratios", "1.0", "--trials", "2", "--max-concurrent", "2",
+                      "--ratios", "1.0", "--trials", str(s.search_trials),
+                      "--max-concurrent", str(s.search_trials),
                       "--epochs", str(s.search_epochs), "--grace-period", "1",
                       "--gpus-per-worker", f"{s.search_gpus_per_worker:g}",
                       "--cpus-per-worker", str(max(1, s.cpus_per_worker // 2)),
@@ -386,7 +389,7 @@ class Checker:
                       "--set", f"data.loader_workers={min(2, s.loader_workers)}")
         if s.num_cpus:
             cmd += ["--num-cpus", str(s.num_cpus)]
-        self.run("search-2-trials-one-card", cmd, timeout=1200)
+        self.run("search-one-card", cmd, timeout=1200)
 
     # -- one Ray for every step -------------------------------------------------------------------
     def start_ray(self) -> Any:
@@ -414,6 +417,11 @@ class Checker:
             "include_dashboard": True, "dashboard_port": dashboard_port})  # Train's state API
         cluster.wait_for_nodes()
         self.env["RAY_ADDRESS"] = cluster.address
+        # one node, as connect_ray's local instance: Ray Train's preemption watcher off there too
+        # (the CLIs' drivers hand it to Ray Train's controllers)
+        from fpn.training.ray_connect import LOCAL_TRAIN_ENV
+
+        self.env.update(LOCAL_TRAIN_ENV)
         print(f"[check] Ray head at {cluster.address} ({gpus} GPU(s)); every step joins it",
               flush=True)
         return cluster

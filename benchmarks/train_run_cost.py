@@ -60,22 +60,29 @@ def main(argv: list[str] | None = None) -> int:
             "storage": str(work / "runs"), "mlflow": f"sqlite:///{work / 'mlflow.db'}",
             "log_model": False, "keep_best": 1, "max_failures": 0})
 
+    watcher = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
     rows = {}
-    for epochs, workers in [(1, 1), (3, 1), (1, 2)]:
+    for epochs, workers, watched in [(1, 1, False), (3, 1, False), (1, 2, False), (1, 1, True)]:
         walls, cpus = [], []
+        if watched:
+            os.environ[watcher] = "1"
         for i in range(args.runs + 1):
             t0, c0 = time.perf_counter(), busy_cpu_s()
             run_training(cfg(epochs, workers))
             if i:  # the first is the warm-up
                 walls.append(time.perf_counter() - t0)
                 cpus.append(busy_cpu_s() - c0)
-        rows[(epochs, workers)] = (statistics.median(walls), statistics.median(cpus))
-    print("| epochs | workers | wall s / run | CPU s / run |\n|---|---|---|---|")
-    for (epochs, workers), (wall, cpu) in rows.items():
-        print(f"| {epochs} | {workers} | {wall:.1f} | {cpu:.1f} |")
-    c1, c3, c2w = rows[(1, 1)][1], rows[(3, 1)][1], rows[(1, 2)][1]
+        os.environ.pop(watcher, None)
+        rows[(epochs, workers, watched)] = (statistics.median(walls), statistics.median(cpus))
+    print("| epochs | workers | preemption watcher | wall s / run | CPU s / run |\n"
+          "|---|---|---|---|---|")
+    for (epochs, workers, watched), (wall, cpu) in rows.items():
+        print(f"| {epochs} | {workers} | {'on' if watched else 'off'} | {wall:.1f} | {cpu:.1f} |")
+    c1, c3, c2w = rows[(1, 1, False)][1], rows[(3, 1, False)][1], rows[(1, 2, False)][1]
+    con = rows[(1, 1, True)][1]
     print(f"\ntwo more epochs add {c3 - c1:.1f} CPU s ({(c3 - c1) / 2 / c1:.0%} of a 1-epoch run "
-          f"each); a second worker adds {c2w - c1:.1f} CPU s")
+          f"each); a second worker adds {c2w - c1:.1f} CPU s; the preemption watcher adds "
+          f"{con - c1:.1f} CPU s (runs with it / without it: {con / c1:.2f})")
     return 0
 
 

@@ -144,8 +144,8 @@ class TrainConfig(_Section):
     log_model: bool = True
     tags: dict[str, str] = Field(default_factory=dict)
     fail_at_epoch: int | None = Field(
-        None, ge=0, description="fault drill: one worker process dies once at this epoch, after "
-        "its training pass and before its checkpoint (tests and drills only)")
+        None, ge=0, description="fault drill: the epoch of fail_at_step (default 0) (tests and "
+        "drills only)")
     fail_at_step: int | None = Field(
         None, ge=1, description="fault drill: one worker process dies once after this many "
         "optimizer steps of epoch fail_at_epoch (default 0) (tests and drills only)")
@@ -161,6 +161,12 @@ class TrainConfig(_Section):
     def _elastic_range(self) -> TrainConfig:
         if self.workers_min is not None and self.workers_min > self.workers:
             raise ValueError(f"workers_min ({self.workers_min}) must be <= workers ({self.workers})")
+        return self
+
+    @model_validator(mode="after")
+    def _drill_has_a_step(self) -> TrainConfig:
+        if self.fail_at_epoch is not None and self.fail_at_step is None:
+            raise ValueError("fail_at_epoch is the epoch of fail_at_step; set fail_at_step too")
         return self
 
     @model_validator(mode="after")

@@ -103,6 +103,7 @@ def test_token_auth_and_private_services(prepared):
     mlflow = next(c for c in prepared["head_start_ray_commands"] if "mlflow server" in c)
     assert '--host "$FPN_HEAD_IP"' in mlflow and "0.0.0.0" not in mlflow
     assert "--artifacts-destination" in mlflow and "sqlite:///" in mlflow
+    assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in mlflow  # no job runner on the head
 
 
 def test_storage_is_configured_in_one_place(raw):
@@ -284,6 +285,20 @@ def _stop_group(pid_file: Path) -> None:
     os.killpg(pgid, signal.SIGKILL)
 
 
+def _group_commands(pid_file: Path) -> list[str]:
+    """The command lines of the processes in the process group recorded in ``pid_file``."""
+    import os
+
+    pgid, out = int(pid_file.read_text()), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) == pgid:
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ProcessLookupError):
+            continue
+    return out
+
+
 def _run_head(raw: dict, home: Path, bucket: Path, port: int) -> None:
     """cluster.yaml's fpn.env, head setup and head start commands (all but Ray's own) in
     ``home``, with the bucket a local folder and MLflow on 127.0.0.1:port."""
@@ -333,6 +348,10 @@ def test_head_mlflow_needs_a_login_and_outlives_the_head(raw, tmp_path, monkeypa
     try:
         _run_head(raw, homes[0], bucket, port)
         _wait_http(f"{uri}/health")
+        # the server and its one worker, without MLflow's job runner and its huey consumers
+        server = _group_commands(homes[0] / "mlflow" / "server.pid")
+        assert any("mlflow" in c for c in server), server
+        assert not any("huey" in c or "_job_runner" in c for c in server), server
         with pytest.raises(urllib.error.HTTPError) as anonymous:
             urllib.request.urlopen(f"{uri}/api/2.0/mlflow/registered-models/search", timeout=30)
         assert anonymous.value.code == 401

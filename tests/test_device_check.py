@@ -30,7 +30,7 @@ def test_device_check_runs_every_step_on_cpu(tmp_path):
     steps = {s["name"]: s["ok"] for s in report["steps"]}
     for name in ("synth", "convert", "pre", "ft-bf16", "ft-bf16-compile", "ft-fp32",
                  "evaluate-bf16", "evaluate-fp32", "predict-full-volume", "ensemble-timing",
-                 "search-2-trials-one-card", "bare-loop"):
+                 "search-one-card", "bare-loop"):
         assert steps.get(name), f"step {name} missing or failed: {steps}"
     fig = report["figures"]
     # (the busy fraction needs samples between two epoch lines, which Ray's log forwarding may

@@ -173,13 +173,14 @@ def local_cluster(tmp_path_factory):
             boto3.client("s3").create_bucket(Bucket=BUCKET)
 
         # the tracking server, as cluster.yaml's head starts it: sqlite on the head's disk,
-        # artifacts proxied to the bucket
+        # artifacts proxied to the bucket, no job runner
         mlflow_proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
              "--port", str(mlflow_port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
              "--artifacts-destination", fpn_env["FPN_MLFLOW_ARTIFACTS"]],
-            env=node_env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env={**node_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=tmp, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
 
         common = ["--node-ip-address=127.0.0.1", f"--temp-dir={ray_tmp}",
                   "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats"]

@@ -77,16 +77,12 @@ def _complete_trials(db: Path) -> dict[str, int]:
 
 
 def _tiny_store(root: Path, seed: int) -> Path:
-    """The conftest's tiny synthetic store (another ``seed``: another store), made with a Ray of
-    our own (``address="local"``: a cluster that another job started here must not be joined)."""
-    import ray
-
+    """The conftest's tiny synthetic store (another ``seed``: another store), converted on the
+    session's local Ray (the ``ray_local`` fixture: never a cluster another job started here)."""
     from data_prep.convert import convert
     from data_prep.synthetic import make_synthetic_dataset
     from tests.conftest import SYNTHETIC_SHAPE
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     make_synthetic_dataset(root / f"source{seed}", patients=4, unlabelled=2,
                            shape=SYNTHETIC_SHAPE, visits=2, seed=seed)
     stats = convert(str(root / f"source{seed}"), str(root / f"store{seed}.zarr"), progress=False)
@@ -95,7 +91,7 @@ def _tiny_store(root: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory) -> Path:
+def tiny_store(tmp_path_factory, ray_local) -> Path:
     return _tiny_store(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
@@ -241,7 +237,7 @@ def test_each_architecture_is_pretrained_once_and_every_trial_uses_its_own(searc
 
 
 @pytest.fixture(scope="module")
-def searched_again_on_another_store(searched, tmp_path_factory):
+def searched_again_on_another_store(searched, tmp_path_factory, ray_local):
     """The same search (one trial, one epoch, ratio 1.0) on another store in the same workdir.
     It changes the workdir: the tests of the first search come before the tests using it."""
     work, _, _ = searched

@@ -172,6 +172,16 @@ def _cfg(store: Path, tmp: Path, **over) -> TrainConfig:
     return TrainConfig.model_validate(tree)
 
 
+@pytest.mark.unit
+def test_a_fault_drill_epoch_needs_its_step(tmp_path):
+    """fail_at_epoch only says in which epoch fail_at_step kills a worker: alone it is refused
+    (it once killed a worker at the end of that epoch; benchmarks/drills.py's node loss tests
+    that restart now)."""
+    with pytest.raises(ValueError, match="set fail_at_step too"):
+        _cfg(tmp_path, tmp_path, fail_at_epoch=1)
+    assert _cfg(tmp_path, tmp_path, fail_at_epoch=1, fail_at_step=2).fail_at_epoch == 1
+
+
 def _attempts(run_dir: str) -> list[dict]:
     return [json.loads(x) for x in (Path(run_dir) / "attempts.jsonl").read_text().splitlines()]
 

@@ -67,7 +67,6 @@ __all__ = [
     "build_optimisation",
     "checkpoint_and_report",
     "epoch_metrics",
-    "fault_drill",
     "load_train_state",
     "log_epoch",
     "restore_state",
@@ -277,22 +276,6 @@ def epoch_metrics(epoch: int, train: dict[str, float], val: Any, lr: float, worl
     return metrics
 
 
-def fault_drill(cfg: TrainConfig, epoch: int, rank: int, world: int, run_dir: str | None) -> None:
-    """Tests and drills only: the last worker dies once at ``cfg.fail_at_epoch``."""
-    if cfg.fail_at_epoch != epoch or cfg.fail_at_step is not None or rank != world - 1:
-        return
-    marker = join_location(run_dir, f".fault-drill-epoch{epoch}")
-    if location_exists(marker):
-        return
-    write_location_text(marker, "the fault drill killed this worker once here\n")
-    # Ray Train's controller collects reports every couple of seconds; on toy-sized epochs a
-    # death within that window would also lose the previous report, which real epochs (minutes)
-    # never do. Wait it out so the drill tests the restart.
-    time.sleep(6.0)
-    print(f"[fpn] fault drill: worker {rank} dies at epoch {epoch}", flush=True)
-    os._exit(17)
-
-
 def checkpoint_and_report(epoch: int, metrics: dict[str, float], net: torch.nn.Module,
                           cfg: TrainConfig, opt: torch.optim.Optimizer, sched: Any,
                           restored: RestoredState, rank: int, world: int = 1) -> None:
@@ -408,7 +391,6 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                               policy)
         metrics = epoch_metrics(epoch, tr, val, lr, world, score_key)
         restored.history.append(metrics)
-        fault_drill(cfg, epoch, rank, world, loop_config.get("run_dir"))
         checkpoint_and_report(epoch, metrics, net, cfg, opt, sched, restored, rank, world)
         if logger is not None:
             log_epoch(logger, store, probs, metrics, cfg, epoch, start_epoch, t_start)
