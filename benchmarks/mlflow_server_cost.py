@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="starts per setting")
     ap.add_argument("--idle", type=float, default=20.0, help="seconds idle after /health")
     args = ap.parse_args(argv)
+    if args.repeats < 1 or args.idle < 0:
+        ap.error(f"--repeats must be >= 1 and --idle >= 0, got {args.repeats} and {args.idle:g}")
     work = Path(tempfile.mkdtemp(prefix="fpn-mlflow-cost-"))
     rows: dict[bool, list[tuple[float, int, float]]] = {True: [], False: []}
     try:

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="measured runs per setting (+1 warm-up)")
     ap.add_argument("--work", help="working folder (default: a new temporary one)")
     args = ap.parse_args(argv)
+    if args.runs < 1:
+        ap.error(f"--runs must be >= 1, got {args.runs}")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     from data_prep.convert import convert
@@ -49,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (store / "zarr.json").is_file():
         make_synthetic_dataset(work / "source", patients=4, unlabelled=2, shape=(8, 64, 32),
                                visits=2, seed=0, overwrite=True)
-        convert(str(work / "source"), str(store), progress=False)
+        stats = convert(str(work / "source"), str(store), progress=False)
+        if not stats.ok:  # e.g. Ray's workers cannot import data_prep: install the project
+            raise SystemExit(f"{store}: {stats.summary_line()}")
 
     def cfg(epochs: int, workers: int) -> TrainConfig:
         return TrainConfig.model_validate({
@@ -87,4 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's fpn, data_prep
     raise SystemExit(main())

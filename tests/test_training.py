@@ -1,7 +1,8 @@
 """Ray Train end to end on a tiny synthetic store: real local Ray, real sqlite MLflow, real Zarr.
 
-One module-scoped pretraining run feeds the fine-tuning, prediction and evaluation tests; the
-fault drill is its own run.
+One module-scoped pretraining run feeds the fine-tuning, prediction and evaluation tests. A lost
+worker's restart is tested by the drills (``tests/test_drills.py``: a node lost after an epoch's
+checkpoint) and the spot tests (``tests/test_spot_interruption.py``: mid-epoch).
 """
 
 from __future__ import annotations
