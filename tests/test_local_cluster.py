@@ -29,7 +29,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,75 +43,17 @@ pytest.importorskip("s3fs", reason="s3fs is in the 'cloud' extra")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the 'dev' extra")
 
 from tests.conftest import forget_s3_clients
+from tests.processes import end_cluster, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "fpn-cluster"
 SHAPE = ("8", "64", "32")  # (S, D, W): tiny volumes; the test is about the path, not learning
-#: the smallest training settings that keep two 2-epoch trials within a few minutes on 2 cores
+#: the smallest training settings that keep a 2-epoch trial within a few minutes on 2 cores
 TINY_TRAIN = ("data.crop=[8,32]", "data.multiplier=1", "batch_size=4", "keep_best=1",
               "overlay_every=0")
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as sock:  # other Ray instances and servers on this machine hold ports
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat's fields after ``pid (comm)``: state, ppid, pgrp, session, ... (Linux)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # gone
-        return None
-    return stat[stat.rindex(")") + 2:].split()
-
-
-def _identity(pid: int) -> tuple[int, str] | None:
-    """(pid, start time): a pid the kernel reused for another process has another start time."""
-    fields = _stat(pid)
-    return None if fields is None or fields[0] == "Z" else (pid, fields[19])
-
-
-def _cluster_processes(temp_dir: str, sessions: set[int]) -> dict[tuple[int, str], str]:
-    """This cluster's live processes (identity -> command line): those naming its temp dir or in
-    the ``ray start`` sessions, and all their descendants (job entrypoints have sessions of their
-    own)."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        fields = _stat(int(entry)) if entry.isdigit() else None
-        if fields is None or fields[0] == "Z" or int(entry) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace")
-        except OSError:
-            continue
-        table[int(entry)] = (int(fields[1]), int(fields[3]), fields[19], cmd)
-    found = {pid for pid, (_, sid, _, cmd) in table.items() if temp_dir in cmd or sid in sessions}
-    grew = True
-    while grew:
-        children = {pid for pid, (ppid, _, _, _) in table.items() if ppid in found}
-        grew = not children <= found
-        found |= children
-    return {(pid, table[pid][2]): table[pid][3] for pid in found}
-
-
-def _end(processes: set[tuple[int, str]], grace_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL what is still there; only ever the processes identified."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = {p for p in processes if _identity(p[0]) == p}
-        for pid, _ in alive:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_identity(p[0]) == p for p in alive):
-            time.sleep(0.2)
-
 
 def _run(cmd: list[str] | str, env: dict[str, str], cwd: Path, timeout: float,
          what: str) -> str:
@@ -150,7 +91,7 @@ def local_cluster(tmp_path_factory):
         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
     }
-    mlflow_port = _free_port()
+    mlflow_port = free_port()
     bucket = f"s3://{BUCKET}"
     # what ~/fpn.env holds on every node (cluster.yaml), here with the head on 127.0.0.1
     fpn_env = {
@@ -186,12 +127,12 @@ def local_cluster(tmp_path_factory):
                   "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats"]
 
         def node_ports() -> list[str]:  # every port a node binds, its own and unique
-            return [f"--node-manager-port={_free_port()}",
-                    f"--object-manager-port={_free_port()}",
-                    f"--dashboard-agent-listen-port={_free_port()}",
-                    f"--dashboard-agent-grpc-port={_free_port()}",
-                    f"--runtime-env-agent-port={_free_port()}",
-                    f"--metrics-export-port={_free_port()}"]
+            return [f"--node-manager-port={free_port()}",
+                    f"--object-manager-port={free_port()}",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    f"--dashboard-agent-grpc-port={free_port()}",
+                    f"--runtime-env-agent-port={free_port()}",
+                    f"--metrics-export-port={free_port()}"]
 
         def ray_start(make_args, what: str, attempts: int = 3) -> None:
             """``ray start``; again on fresh ports when it fails (it gives a node 30 s to
@@ -205,14 +146,14 @@ def local_cluster(tmp_path_factory):
                 if proc.returncode == 0:
                     return
                 assert attempt < attempts, f"{what} failed {attempts} times:\n{out[-4000:]}"
-                _end(set(_cluster_processes("\0", {proc.pid})))
+                end_cluster("\0", {proc.pid})
 
         ports: dict[str, int] = {}
 
         def head_args() -> list[str]:  # drivers only: the driver resource, 1 CPU
-            ports.update(gcs=_free_port(), dashboard=_free_port())
+            ports.update(gcs=free_port(), dashboard=free_port())
             return ["--head", f"--port={ports['gcs']}", f"--dashboard-port={ports['dashboard']}",
-                    "--dashboard-host=127.0.0.1", f"--ray-client-server-port={_free_port()}",
+                    "--dashboard-host=127.0.0.1", f"--ray-client-server-port={free_port()}",
                     "--num-cpus=1", '--resources={"fpn_driver": 100}', *common, *node_ports()]
 
         def worker_args() -> list[str]:  # CPUs of its own, for the Train workers (GPU nodes')
@@ -243,7 +184,6 @@ def local_cluster(tmp_path_factory):
         yield {"tmp": tmp, "home": home, "user_env": user_env, "fpn_env": fpn_env, "s3": s3,
                "dashboard": user_env["RAY_ADDRESS"]}
     finally:
-        processes = _cluster_processes(ray_tmp, sessions)
         if mlflow_proc is not None:  # the server and its workers: its own process group
             for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
                 try:
@@ -255,8 +195,7 @@ def local_cluster(tmp_path_factory):
                 except subprocess.TimeoutExpired:
                     continue
         log.close()
-        _end(set(processes))
-        left = _cluster_processes(ray_tmp, sessions)
+        left = end_cluster(ray_tmp, sessions)
         server.stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)
         assert not left, f"cluster processes left running: {left}"
@@ -325,13 +264,15 @@ def test_docs_cluster_sequence(local_cluster, monkeypatch):
     assert "visits" in summary, summary[-3000:]
     timings["convert"] = time.monotonic() - t0
 
-    # step 4: the search (tiny), its drivers on the head, its Train workers on the worker node
+    # step 4: the search (tiny), its drivers on the head, its Train workers on the worker node;
+    # one trial: the path through the bucket is the point (tests/test_search.py has ASHA's
+    # choice between trials)
     t1 = time.monotonic()
     work = tmp / "fpn-search"
     sets = " ".join(f"--set {s}" for s in TINY_TRAIN)
     search = (f"cd ~/fpn && python tune/search.py --data $FPN_STORE "
               f"--storage $FPN_TUNE_STORAGE --mlflow $MLFLOW_TRACKING_URI --workdir {work} "
-              f"--cpus-per-worker 1 --ssl none --ratios 1.0 --trials 2 --epochs 2 {sets}")
+              f"--cpus-per-worker 1 --ssl none --ratios 1.0 --trials 1 --epochs 2 {sets}")
     out = _submit(c, "fpn-search", search, 900)
     timings["search"] = time.monotonic() - t1
     assert "registered ga-fpn version" in out, out[-4000:]

@@ -3,7 +3,8 @@ captures a local run.
 
 A real head node is started with ``ray start --head`` (its own port and its own ``RAY_TMPDIR``,
 so that it records its address where only this test looks), then killed — its own processes, found by
-that temp dir, not ``ray stop``, which would stop every Ray instance of this user on a shared machine.
+that temp dir and its session (``tests/processes.py``), not ``ray stop``, which would stop every Ray
+instance of this user on a shared machine.
 Its address stays recorded, as after a cluster that went away. ``python -m fpn finetune --init``
 must then start its own local instance and finish; before ``connect_ray`` it called ``ray.put``
 first, which joined the recorded cluster and waited forever for its GCS.
@@ -18,23 +19,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.processes import end_cluster, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _member_file(path: Path) -> Path:
@@ -47,71 +41,38 @@ def _member_file(path: Path) -> Path:
     return path
 
 
-def _processes_of(marker: str) -> list[int]:
-    """PIDs whose command line names ``marker`` (this test's own temp dir), and their children."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            pids.append(int(proc.name))
-    children = []
-    for proc in Path("/proc").iterdir():
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid in pids:
-            children.append(int(proc.name))
-    return sorted(set(pids + children))
-
-
-def _kill_head(tmp: str) -> None:
-    for pid in _processes_of(tmp):  # the head's processes only (never `ray stop`)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _recorded_head(dashboard: bool) -> tuple[str, dict[str, str], int]:
+def _recorded_head(dashboard: bool) -> tuple[str, dict[str, str], int, int]:
     """``ray start --head`` in a ``RAY_TMPDIR`` of its own: (that dir, an environment that
-    records it as the machine's cluster, its GCS port)."""
+    records it as the machine's cluster, its GCS port, the session its processes live in)."""
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix sockets live under it
     env = {**os.environ, "RAY_TMPDIR": tmp}
     env.pop("RAY_ADDRESS", None)
-    port = _free_port()
-    started = subprocess.run(
+    port = free_port()
+    proc = subprocess.Popen(
         [shutil.which("ray") or "ray", "start", "--head", f"--port={port}", "--num-cpus=1",
-         *(["--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}"] if dashboard
+         *(["--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"] if dashboard
            else ["--include-dashboard=false"])],
-        env=env, capture_output=True, text=True, timeout=180, check=False)
-    if started.returncode != 0:
-        _kill_head(tmp)
-    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    out, err = proc.communicate(timeout=180)
+    if proc.returncode != 0:
+        end_cluster(tmp, {proc.pid})
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
     assert (Path(tmp) / "ray" / "ray_current_cluster").is_file(), "ray start did not record it"
-    return tmp, env, port
+    return tmp, env, port, proc.pid
 
 
 @pytest.fixture
 def dead_recorded_cluster():
     """``RAY_TMPDIR`` whose ``ray_current_cluster`` names a head node that is gone."""
-    tmp, env, port = _recorded_head(dashboard=False)
-    _kill_head(tmp)
-    deadline = time.time() + 30
-    while _processes_of(tmp) and time.time() < deadline:
-        time.sleep(0.5)
+    tmp, env, port, session = _recorded_head(dashboard=False)
     # gone by process, not by port: on a busy machine another process may bind the freed port
     # (a full-suite run saw the head's GCS port answer again after its GCS was killed)
-    assert not _processes_of(tmp), "the head's processes are still running"
+    left = end_cluster(tmp, {session})  # killed: a head that died, not one stopped
+    assert not left, f"the head's processes are still running: {left}"
     recorded = Path(tmp) / "ray" / "ray_current_cluster"
     assert str(port) in recorded.read_text()  # still recorded: the stale cluster a user has
     yield env
-    _kill_head(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -119,10 +80,11 @@ def dead_recorded_cluster():
 def live_recorded_cluster():
     """``RAY_TMPDIR`` whose ``ray_current_cluster`` names a head node that is up (another job's
     cluster on this machine), with the state API its dashboard serves."""
-    tmp, env, _ = _recorded_head(dashboard=True)
+    tmp, env, _, session = _recorded_head(dashboard=True)
     yield env
-    _kill_head(tmp)
+    left = end_cluster(tmp, {session})
     shutil.rmtree(tmp, ignore_errors=True)
+    assert not left, f"the head's processes are still running: {left}"
 
 
 _ASK_OWN_STATE_API = """

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.processes import free_port
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 SHAPE = (8, 64, 32)  # (S, D, W)
 MAX_VOXELS = 3 * 8 * 64 * 32  # a batch of three volumes of SHAPE, no more
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +138,7 @@ def test_served_champion(champion):
     volume = _volume()
     expected = load_ensemble(model_uri, uri).predict_volume(volume)
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/ga-fpn@champion",
