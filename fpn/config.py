@@ -8,6 +8,7 @@ The resolved config is logged to MLflow as the run's parameters and as ``config.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,8 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
+    "absolute_location",
+    "absolute_tracking_uri",
     "default_mlflow_uri",
     "load_config",
     "read_yaml_mapping",
@@ -28,6 +31,28 @@ __all__ = [
 
 SSL_TARGETS = ("inverted_faf", "faf", "slo")
 Target = Literal["mask", "inverted_faf", "faf", "slo"]
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://..., models:/NAME@ALIAS, runs:/...
+
+
+def absolute_location(location: str) -> str:
+    """A local path made absolute, a URL (``s3://``, ``models:/``) as it is: Ray workers and
+    Tune trials run in other working directories, where a relative path names something else
+    (or nothing)."""
+    return location if _URL.match(location) else str(Path(location).expanduser().resolve())
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """A tracking (or Optuna storage) URI whose sqlite file is named by an absolute path, for
+    the same reason: ``sqlite:///mlflow.db`` -> ``sqlite:////ABS/DIR/mlflow.db``; other URIs
+    as they are."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return uri
+    path, sep, query = uri[len(prefix):].partition("?")
+    if not path or path.startswith("/") or path == ":memory:":
+        return uri
+    return f"{prefix}{Path(path).expanduser().resolve()}{sep}{query}"
 
 
 class _Section(BaseModel):
@@ -53,8 +78,7 @@ class DataConfig(_Section):
     @field_validator("store")
     @classmethod
     def _absolute_local_store(cls, v: str) -> str:
-        # Ray workers run in another working directory: a relative path would not resolve there.
-        return v if "://" in v else str(Path(v).expanduser().resolve())
+        return absolute_location(v)
 
     @field_validator("crop")
     @classmethod
@@ -157,6 +181,11 @@ class TrainConfig(_Section):
         "169.254.169.254/latest/meta-data/spot/instance-action) and checkpoint at the next step "
         "on a notice; None: $FPN_SPOT_NOTICE_URL, else off")
 
+    @field_validator("init")
+    @classmethod
+    def _absolute_local_init(cls, v: str | None) -> str | None:
+        return absolute_location(v) if v else v
+
     @model_validator(mode="after")
     def _elastic_range(self) -> TrainConfig:
         if self.workers_min is not None and self.workers_min > self.workers:
@@ -188,13 +217,14 @@ class TrainConfig(_Section):
         return f"{self.task}-{self.model.name}-{what}-s{self.seed}"
 
     def tracking_uri(self) -> str:
-        return self.mlflow or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri()
+        """What ``--mlflow`` (or ``MLFLOW_TRACKING_URI``) names, a sqlite file by its absolute
+        path: the driver hands this URI to the workers, which run in another directory."""
+        return absolute_tracking_uri(self.mlflow or os.environ.get("MLFLOW_TRACKING_URI")
+                                     or default_mlflow_uri())
 
     def storage_path(self) -> str:
         """Ray storage path, made absolute when local (Ray workers have another cwd)."""
-        if "://" in self.storage:
-            return self.storage
-        return str(Path(self.storage).expanduser().resolve())
+        return absolute_location(self.storage)
 
     def flat_params(self) -> dict[str, Any]:
         """The config as flat ``section.key`` params for MLflow."""

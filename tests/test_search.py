@@ -47,8 +47,11 @@ def _e2e(test):
 
 def _args(store: Path | str, work: Path, *, ratios: tuple[str, ...] = RATIOS,
           trials: int = TRIALS, ssl: str = "none", epochs: int = 2) -> list[str]:
+    """Run in ``work``, with the store and the tracking database named relative to it, as a
+    user types them (each trial runs in a folder of its own: the search resolves them)."""
     # the tiny recipe (fpn/recipes/tiny.yaml): 8 x 32 crops, one per visit, batch 4, 1 best
-    return [sys.executable, "-m", "tune.search", "--data", str(store), "--workdir", str(work),
+    return [sys.executable, "-m", "tune.search", "--data", os.path.relpath(store, work),
+            "--mlflow", "sqlite:///mlflow.db", "--workdir", str(work),
             "--ssl", ssl, "--ratios", *ratios, "--trials", str(trials), "--epochs", str(epochs),
             "--pretrain-epochs", "1", "--num-cpus", "2", "--seed", "0", "--recipe", "tiny"]
 

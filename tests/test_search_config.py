@@ -159,6 +159,39 @@ def test_config_file_then_flags(tmp_path):
     assert cfg.trials == 7 and cfg.train == {"optim.lr": 0.02, "batch_size": 3}
 
 
+def test_relative_paths_are_the_search_directorys(tmp_path, monkeypatch):
+    """``--data store.zarr`` failed every trial: each trial runs in a folder of its own, where
+    the relative path named nothing. Local paths and sqlite files are resolved where the search
+    starts; URLs and registry URIs are kept as they are."""
+    from fpn.config import TrainConfig
+    from tune.search import build_parser, config_from_args
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_args(build_parser().parse_args([
+        "--data", "store.zarr", "--pretrained", "runs/pre", "--storage", "ray",
+        "--mlflow", "sqlite:///mlflow.db", "--study-db", "sqlite:///studies/o.db?timeout=30"]))
+    assert cfg.data == str(tmp_path / "store.zarr")
+    assert cfg.pretrained == str(tmp_path / "runs" / "pre")
+    assert cfg.storage_path() == str(tmp_path / "ray")
+    assert cfg.mlflow == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert cfg.study_db == f"sqlite:///{tmp_path / 'studies' / 'o.db'}?timeout=30"
+    kept = config_from_args(build_parser().parse_args([
+        "--data", "s3://bucket/store.zarr", "--pretrained", "models:/ga-fpn@champion",
+        "--mlflow", "http://127.0.0.1:5000", "--study-db", "sqlite:////abs/o.db"]))
+    assert (kept.data, kept.pretrained, kept.mlflow, kept.study_db) == (
+        "s3://bucket/store.zarr", "models:/ga-fpn@champion", "http://127.0.0.1:5000",
+        "sqlite:////abs/o.db")
+    # a run's config (python -m fpn finetune): the same, and MLFLOW_TRACKING_URI too, since the
+    # driver hands its tracking URI to the workers
+    run = TrainConfig.model_validate({"data": {"store": "store.zarr"}, "init": "pre/run",
+                                      "mlflow": "sqlite:///m.db"})
+    assert run.data.store == str(tmp_path / "store.zarr") and run.init == str(tmp_path / "pre" / "run")
+    assert run.tracking_uri() == f"sqlite:///{tmp_path / 'm.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert TrainConfig.model_validate({"data": {"store": "s"}}).tracking_uri() == (
+        f"sqlite:///{tmp_path / 'env.db'}")
+
+
 @pytest.mark.parametrize(("argv", "match"), [
     (["--ratios", "2"], "ratios must be in (0, 1]"),
     (["--set", "optim.lr"], "--set expects KEY=VALUE"),

@@ -24,7 +24,14 @@ from pydantic import (
     model_validator,
 )
 
-from fpn.config import TrainConfig, read_yaml_mapping, set_dotted, validation_problem
+from fpn.config import (
+    TrainConfig,
+    absolute_location,
+    absolute_tracking_uri,
+    read_yaml_mapping,
+    set_dotted,
+    validation_problem,
+)
 from fpn.recipes import recipe_overrides
 from tune.spaces import DEFAULT_SPACE_FILE, SearchSpace, load_space
 
@@ -86,6 +93,17 @@ class SearchConfig(BaseModel):
         "least this many crops (default: 48 for the demo, none otherwise: the reference recipe "
         "draws multiplier x volumes crops, which at ratio 0.1 of a small store is a handful)")
     num_cpus: int | None = Field(None, ge=1, description="local Ray CPUs (default: all)")
+
+    @field_validator("data", "pretrained")
+    @classmethod
+    def _absolute_local_path(cls, v: str | None) -> str | None:
+        # resolved here, in the search's own directory: each trial runs in a folder of its own
+        return absolute_location(v) if v else v
+
+    @field_validator("mlflow", "study_db")
+    @classmethod
+    def _absolute_sqlite(cls, v: str | None) -> str | None:
+        return absolute_tracking_uri(v) if v else v
 
     @field_validator("ratios")
     @classmethod
