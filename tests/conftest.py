@@ -13,7 +13,7 @@ import pytest
 LONG_MODULES = ("test_search.py", "test_device_check.py", "test_local_cluster.py",
                 "test_training.py", "test_spot_interruption.py", "test_drills.py",
                 "test_ray_connect.py", "test_experiments.py", "test_cluster_config.py",
-                "test_preflight.py", "test_object_storage.py", "test_run_identity.py")
+                "test_object_storage.py", "test_run_identity.py")
 
 
 def pytest_collection_modifyitems(items):

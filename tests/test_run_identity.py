@@ -1,6 +1,8 @@
 """A run is known by its store and config (issue 13): a finished run is reused only when both
 match; a chosen name taken by another run is refused (exit 2), a derived one moves aside; a
-finished MLflow run is never reopened (which would drop the new run's metrics)."""
+finished MLflow run is never reopened (which would drop the new run's metrics). And a run's first
+try that fails after its MLflow run exists leaves that run FAILED, not RUNNING; the next try
+continues it (one Ray Train run serves both stories: ``run_x``)."""
 
 from __future__ import annotations
 
@@ -99,14 +101,54 @@ def test_derived_name_moves_aside_chosen_name_is_refused(synthetic_store, other_
         preflight(_cfg(other_store, tmp_path, run_name=name))
 
 
-def test_a_run_name_on_another_store_or_config_is_refused(synthetic_store, other_store,
-                                                         ray_local, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def run_x(synthetic_store, ray_local, tmp_path_factory) -> dict:
+    """Run "X", whose first try fails after its MLflow run exists (Ray is not reachable: the
+    first step after the run is created), then run again once the cause is gone. One Ray Train
+    run for the tests below: what the failure left, and the finished run's identity."""
+    from mlflow.tracking import MlflowClient
+
+    from fpn.training import driver
+
+    def broken() -> None:
+        raise RuntimeError("the Ray cluster went away")
+
+    tmp = tmp_path_factory.mktemp("run-x")
+    cfg = _cfg(synthetic_store, tmp, run_name="X")
+    client = MlflowClient(cfg.tracking_uri())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(driver, "connect_ray", broken)
+        with pytest.raises(RuntimeError, match="went away"):
+            driver.run_training(cfg)
+    failed = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
+    return {"tmp": tmp, "cfg": cfg, "failed": [(r.info.run_id, r.info.status,
+                                                 r.data.tags.get("fpn.status")) for r in failed],
+            "outcome": driver.run_training(cfg)}
+
+
+def test_error_after_the_mlflow_run_exists_marks_it_failed(run_x):
+    """No MLflow run is left RUNNING by an error; run again, the same MLflow run goes on and
+    finishes."""
+    from mlflow.tracking import MlflowClient
+
+    assert [status for _, status, _ in run_x["failed"]] == ["FAILED"]
+    run_id, _, tag = run_x["failed"][0]
+    assert tag == "failed"
+    outcome = run_x["outcome"]
+    assert outcome.mlflow_run_id == run_id
+    client = MlflowClient(run_x["cfg"].tracking_uri())
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["fpn.status"] == "finished"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0]
+
+
+def test_a_run_name_on_another_store_or_config_is_refused(run_x, synthetic_store, other_store,
+                                                         capsys):
     from fpn.__main__ import main
     from fpn.training.driver import run_training
     from fpn.training.identity import RunIdentityError
 
-    cfg = _cfg(synthetic_store, tmp_path, run_name="X")
-    first = run_training(cfg)
+    cfg, first, tmp_path = run_x["cfg"], run_x["outcome"], run_x["tmp"]
     record = json.loads((Path(first.run_dir) / "fpn_run.json").read_text())
     fp_a, fp_b = (open_store(str(s)).fingerprint for s in (synthetic_store, other_store))
     assert record["store_fingerprint"] == fp_a and record["config_hash"]

@@ -1,8 +1,9 @@
 """Ray Train end to end on a tiny synthetic store: real local Ray, real sqlite MLflow, real Zarr.
 
-One module-scoped pretraining run feeds the fine-tuning, prediction and evaluation tests. A lost
-worker's restart is tested by the drills (``tests/test_drills.py``: a node lost after an epoch's
-checkpoint) and the spot tests (``tests/test_spot_interruption.py``: mid-epoch).
+One module-scoped pretraining run, and one fine-tuning from it, feed the fine-tuning, prediction
+and evaluation tests. A lost worker's restart is tested by the drills (``tests/test_drills.py``:
+a node lost after an epoch's checkpoint) and the spot tests (``tests/test_spot_interruption.py``:
+mid-epoch).
 """
 
 from __future__ import annotations
@@ -110,14 +111,23 @@ def test_a_local_instance_runs_no_preemption_watcher(pretrained):
     assert "PreemptionWatcher" not in names, names
 
 
-def test_finetune_starts_from_pretrained_weights(pretrained, synthetic_store, tmp_path):
-    from fpn.models import create_model
+@pytest.fixture(scope="module")
+def finetuned(pretrained, synthetic_store, tmp_path_factory):
+    """One epoch at lr 1e-3 from the pretraining: the fine-tuning, prediction and evaluation
+    tests' run (one Ray Train run for all three)."""
     from fpn.training.driver import run_training
 
     _, pre = pretrained
-    cfg = _cfg(synthetic_store, tmp_path, "finetune", run_name="ft", seed=1, epochs=1,
-               init=pre.run_dir, **{"optim.lr": 1e-3})
-    outcome = run_training(cfg)
+    cfg = _cfg(synthetic_store, tmp_path_factory.mktemp("finetune"), "finetune", run_name="ft",
+               seed=1, epochs=1, init=pre.run_dir, **{"optim.lr": 1e-3})
+    return cfg, run_training(cfg)
+
+
+def test_finetune_starts_from_pretrained_weights(pretrained, finetuned):
+    from fpn.models import create_model
+
+    _, pre = pretrained
+    _, outcome = finetuned
     pre_sd = load_member_file(Path(pre.best_checkpoints[0]) / MODEL_FILE)["state_dict"]
     ft_sd = load_member_file(Path(outcome.best_checkpoints[0]) / MODEL_FILE)["state_dict"]
     torch.manual_seed(1)
@@ -131,13 +141,11 @@ def test_finetune_starts_from_pretrained_weights(pretrained, synthetic_store, tm
     assert dist(ft_sd, pre_sd) < 0.1 * dist(scratch, pre_sd)
 
 
-def test_predict_and_evaluate_agree_with_written_pngs(pretrained, synthetic_store, tmp_path):
+def test_predict_and_evaluate_agree_with_written_pngs(finetuned, synthetic_store, tmp_path):
     from fpn.evaluation import evaluate, predict
     from fpn.metrics import dice
-    from fpn.training.driver import run_training
 
-    cfg = _cfg(synthetic_store, tmp_path, "finetune", run_name="ft-eval", epochs=1)
-    outcome = run_training(cfg)
+    cfg, outcome = finetuned
     store = open_store(str(synthetic_store))
     out = tmp_path / "pred"
     rows = predict(outcome.run_dir, out=str(out), store=str(synthetic_store), split="test",
