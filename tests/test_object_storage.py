@@ -112,11 +112,14 @@ def test_evaluate_and_predict_from_the_s3_run_dir(s3_run, s3_store, tmp_path):
     from fpn.inference import load_ensemble, resolve_members
 
     cfg, outcome = s3_run
-    members = resolve_members(outcome.run_dir)
-    assert len(members) == 1 and members[0].is_file()  # downloaded to a local temp dir
-    assert resolve_members(outcome.best_checkpoints[0])[0].read_bytes() == members[0].read_bytes()
-    with pytest.raises(ValueError, match="no such checkpoint"):
-        resolve_members(f"s3://{BUCKET}/runs/not-there")
+    with resolve_members(outcome.run_dir) as members:
+        assert len(members) == 1 and members[0].is_file()  # downloaded to a local temp dir
+        with resolve_members(outcome.best_checkpoints[0]) as best:
+            assert best[0].read_bytes() == members[0].read_bytes()
+    assert not members[0].exists()  # the download is gone with the block
+    with pytest.raises(ValueError, match="no such checkpoint"), resolve_members(
+            f"s3://{BUCKET}/runs/not-there"):
+        pass
     assert len(load_ensemble(outcome.run_dir)) == 1
     rows = predict(outcome.run_dir, out=str(tmp_path / "pred"), store=s3_store, split="test",
                    tracking_uri=cfg.tracking_uri())

@@ -90,6 +90,23 @@ def test_pyfunc_takes_a_volume_and_a_batch(champion, pyfunc):
     np.testing.assert_allclose(pyfunc.predict(volumes[0].astype(np.float64)), single, atol=1e-5)
 
 
+def test_loading_a_registered_model_leaves_no_copy_behind(champion, tmp_path, monkeypatch):
+    """``models:/`` is downloaded to a temporary folder that goes once the members are loaded
+    (each load left a copy of the model in the temp dir until 2026-12-04)."""
+    import tempfile
+
+    from fpn.inference import load_ensemble, resolve_members
+
+    uri, _, _ = champion
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's temp dir only
+    assert len(load_ensemble("models:/ga-fpn@champion", uri)) == 1
+    assert not list(tmp_path.glob("fpn-model-*"))
+    with pytest.raises(ValueError, match="holds no fpn member"), resolve_members(
+            "models:/ga-fpn@champion", uri) as members:
+        raise ValueError(f"{members[0]} holds no fpn member")  # an error inside the block
+    assert not list(tmp_path.glob("fpn-model-*"))
+
+
 def test_pyfunc_refuses_non_finite_input(pyfunc):
     from mlflow.exceptions import MlflowException
 

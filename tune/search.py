@@ -142,9 +142,9 @@ def _fix_architecture(space: SearchSpace, tree: dict[str, Any], init: str, uri: 
     """A network given with ``--pretrained`` fixes the architecture: take its kwargs, stop
     searching ``model.*`` (the search's own pretraining is per architecture instead:
     :mod:`tune.pretraining`)."""
-    from fpn.inference import load_member_file, resolve_members
+    from fpn.inference import load_members
 
-    member = load_member_file(resolve_members(init, uri, k=1)[0])
+    member = load_members(init, uri, k=1)[0]
     if member["model_name"] != model:
         raise ValueError(f"{init}: the pretrained network is {member['model_name']!r}, "
                          f"but the search is for {model!r}")

@@ -26,7 +26,7 @@ from fpn.inference.locations import (
     write_location_text,
 )
 from fpn.inference.member import FORMAT, MODEL_FILE, build_member, load_member_file, save_member
-from fpn.inference.resolve import resolve_members
+from fpn.inference.resolve import load_members, resolve_members
 
 __all__ = [
     "FORMAT",
@@ -39,6 +39,7 @@ __all__ = [
     "join_location",
     "load_ensemble",
     "load_member_file",
+    "load_members",
     "location_exists",
     "read_location_text",
     "resolve_members",

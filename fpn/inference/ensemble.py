@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from fpn.data.transforms import bscan_stats, zscore
-from fpn.inference.member import build_member, load_member_file
-from fpn.inference.resolve import resolve_members
+from fpn.inference.member import build_member
+from fpn.inference.resolve import load_members
 
 __all__ = ["Ensemble", "load_ensemble"]
 
@@ -63,4 +63,4 @@ class Ensemble:
 def load_ensemble(ref: str, tracking_uri: str | None = None, k: int | None = None,
                   device: str | None = None) -> Ensemble:
     """The ensemble behind a checkpoint file/dir, a run directory or a ``models:/`` URI."""
-    return Ensemble([load_member_file(p) for p in resolve_members(ref, tracking_uri, k)], device)
+    return Ensemble(load_members(ref, tracking_uri, k), device)

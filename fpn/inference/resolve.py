@@ -1,18 +1,23 @@
 """Where a model's members come from: a checkpoint file or directory, a training run directory
 (its ``fpn_run.json`` lists the k best), a registered MLflow model (``models:/NAME@ALIAS``), on a
-local path or an fsspec URL (remote members are downloaded to a temporary folder).
+local path or an fsspec URL. Remote members and registered models are downloaded to a temporary
+folder that lives as long as the ``with resolve_members(...)`` block (it was left behind, one
+copy of the model per call, until 2026-12-04); :func:`load_members` loads and cleans up at once.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from fpn.inference.locations import RUN_FILE, _fs, is_remote, join_location
-from fpn.inference.member import MODEL_FILE
+from fpn.inference.member import MODEL_FILE, load_member_file
 
-__all__ = ["resolve_members"]
+__all__ = ["load_members", "resolve_members"]
 
 
 def _members_in_dir(d: Path) -> list[Path]:
@@ -31,11 +36,10 @@ def _members_in_dir(d: Path) -> list[Path]:
 
 
 # -- run-directory files on a local path or an fsspec URL -------------------------------------------
-def _download_members(ref: str, remote: list[str]) -> list[Path]:
-    """Download remote member files to a fresh temporary folder, one sub-folder each."""
+def _download_members(ref: str, remote: list[str], dst: Path) -> list[Path]:
+    """Download remote member files to ``dst``, one sub-folder each."""
     import fsspec
 
-    dst = Path(tempfile.mkdtemp(prefix="fpn-model-"))
     local: list[Path] = []
     for i, url in enumerate(remote):
         fs, path = _fs(url)
@@ -50,7 +54,7 @@ def _download_members(ref: str, remote: list[str]) -> list[Path]:
     return local
 
 
-def _remote_members(ref: str, k: int | None) -> list[Path]:
+def _remote_members(ref: str, k: int | None, dst: Path) -> list[Path]:
     fs, path = _fs(ref)
     scheme = ref.split("://", 1)[0]
     path = path.rstrip("/")
@@ -71,24 +75,39 @@ def _remote_members(ref: str, k: int | None) -> list[Path]:
                 raise ValueError(f"{ref}: no such checkpoint, run directory or model file")
             raise ValueError(f"{ref}: no {MODEL_FILE} or {RUN_FILE} found")
         remote = [f"{scheme}://{p}" for p in found]
-    return _download_members(ref, remote[:k] if k else remote)
+    return _download_members(ref, remote[:k] if k else remote, dst)
 
 
-def resolve_members(ref: str, tracking_uri: str | None = None, k: int | None = None) -> list[Path]:
-    """Paths of the member files behind ``ref`` (file, checkpoint dir, run dir, ``models:/``).
+@contextmanager
+def resolve_members(ref: str, tracking_uri: str | None = None,
+                    k: int | None = None) -> Iterator[list[Path]]:
+    """Paths of the member files behind ``ref`` (file, checkpoint dir, run dir, ``models:/``),
+    valid inside the ``with`` block.
 
-    ``ref`` may be an fsspec URL (``s3://bucket/runs/<run>``): its members are downloaded to a
-    temporary folder and the local copies returned.
+    ``ref`` may be an fsspec URL (``s3://bucket/runs/<run>``) or a registered model: its members
+    are downloaded to a temporary folder, removed when the block ends (also on an error).
     """
+    with tempfile.TemporaryDirectory(prefix="fpn-model-") as tmp:
+        yield _resolve(ref, tracking_uri, k, Path(tmp))
+
+
+def load_members(ref: str, tracking_uri: str | None = None,
+                 k: int | None = None) -> list[dict[str, Any]]:
+    """The member payloads behind ``ref`` (:func:`resolve_members`, loaded; nothing left on
+    disk)."""
+    with resolve_members(ref, tracking_uri, k) as paths:
+        return [load_member_file(p) for p in paths]
+
+
+def _resolve(ref: str, tracking_uri: str | None, k: int | None, tmp: Path) -> list[Path]:
     if is_remote(ref) and not ref.startswith(("models:/", "runs:/")):
-        return _remote_members(ref, k)
+        return _remote_members(ref, k, tmp)
     if ref.startswith(("models:/", "runs:/")):
         import mlflow
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=ref, dst_path=tempfile.mkdtemp(prefix="fpn-model-")))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(tmp)))
         members = sorted(local.glob(f"artifacts/members/*/{MODEL_FILE}")) or sorted(
             local.rglob(MODEL_FILE))
         if not members:

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import tempfile
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from fpn.inference import (
     RUN_FILE,
     is_remote,
     join_location,
-    load_member_file,
+    load_members,
     read_location_text,
     resolve_members,
     write_location_text,
@@ -174,11 +175,12 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
         if cfg.log_model and outcome.best_checkpoints:
             from fpn.serving import log_ensemble_model
 
-            member_files = ([resolve_members(c)[0] for c in outcome.best_checkpoints]
-                            if is_remote(run_dir) else
-                            [Path(p) / MODEL_FILE for p in outcome.best_checkpoints])
-            outcome.model_uri = log_ensemble_model(
-                run.uri, run.run_id, member_files, shape=store.visit(plan.val_keys[0]).shape)
+            with ExitStack() as downloads:  # remote members: local copies while logging
+                member_files = ([downloads.enter_context(resolve_members(c))[0]
+                                 for c in outcome.best_checkpoints] if is_remote(run_dir) else
+                                [Path(p) / MODEL_FILE for p in outcome.best_checkpoints])
+                outcome.model_uri = log_ensemble_model(
+                    run.uri, run.run_id, member_files, shape=store.visit(plan.val_keys[0]).shape)
     except BaseException as exc:  # no MLflow run is left RUNNING by an error
         _terminate_failed(run, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
@@ -270,7 +272,7 @@ def init_member_ref(cfg: TrainConfig, run: MlflowRun, payload: dict[str, Any] | 
     import ray
 
     if payload is None:
-        payload = load_member_file(resolve_members(cfg.init, run.uri, k=1)[0])
+        payload = load_members(cfg.init, run.uri, k=1)[0]
     ref = ray.put(payload)
     run.logger.set_tags({"fpn.init": cfg.init})
     return ref

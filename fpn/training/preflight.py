@@ -20,9 +20,8 @@ from fpn.data.store import open_store
 from fpn.inference import (
     RUN_FILE,
     join_location,
-    load_member_file,
+    load_members,
     read_location_text,
-    resolve_members,
 )
 from fpn.training.identity import (
     RunIdentity,
@@ -84,8 +83,7 @@ def check_init(cfg: TrainConfig, model: Any, tracking_uri: str | None) -> dict[s
         return None
     from fpn.models import create_model, load_pretrained
 
-    member = resolve_members(cfg.init, tracking_uri, k=1)[0]  # ValueError naming it if missing
-    payload = load_member_file(member)
+    payload = load_members(cfg.init, tracking_uri, k=1)[0]  # ValueError naming it if missing
     name, kwargs = payload.get("model_name"), dict(payload.get("model_kwargs") or {})
     want = _kwargs(cfg)
     problem = None
