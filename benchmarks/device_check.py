@@ -9,10 +9,10 @@ three arms (bf16 eager, bf16 ``compile: true``, fp32), ``evaluate`` of the bf16 
 the test split, ``predict --input`` of a full-size 49 x 496 x 512 volume (NIfTI) with the
 5-member k-best ensemble, and a 2-trial ``tune/search.py`` whose trials share the one card
 (``--gpus-per-worker 0.5``; one trial on CPU); then ``benchmarks/gpu_train_step.py`` (the bare
-training loop on in-memory crops of the same shape) for the reference speed. Every CLI joins one Ray head that
-the check starts first (``RAY_ADDRESS``, as a job on a cluster does) instead of starting and
-stopping a local Ray of its own, so the steps' times are training, not Ray start-up. Prints,
-measured in this run:
+training loop on in-memory crops of the same shape) for the reference speed. Every CLI joins one
+Ray head that the check starts first (``RAY_ADDRESS``, as a job on a cluster does) instead of
+starting and stopping a local Ray of its own, so the steps' times are training, not Ray start-up.
+Prints, measured in this run:
 
 - training crops/s through Ray Train (the real worker, store, loader) / the bare loop (goal >= 0.85)
 - compile / eager crops/s through Ray Train

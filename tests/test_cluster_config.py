@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.processes import free_port
+
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
 CLUSTER_DOC = CLUSTER_YAML.parent / "docs" / "cluster.md"
 DRIVER_RESOURCE = "fpn_driver"
@@ -326,7 +328,6 @@ def test_head_mlflow_needs_a_login_and_outlives_the_head(raw, tmp_path, monkeypa
     registry and users back."""
     pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs mlflow[auth]")
     import secrets
-    import socket
     import urllib.error
     import urllib.request
 
@@ -340,9 +341,7 @@ def test_head_mlflow_needs_a_login_and_outlives_the_head(raw, tmp_path, monkeypa
     for home in homes:  # file_mounts put your ~/.fpn/mlflow-admin on each head
         (home / ".fpn").mkdir(parents=True)
         (home / ".fpn" / "mlflow-admin").write_text(password + "\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     try:

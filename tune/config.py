@@ -124,10 +124,7 @@ class SearchConfig(BaseModel):
         return self.data if self.data else str(self.work_path() / "data" / "store.zarr")
 
     def storage_path(self) -> str:
-        if self.storage and "://" in self.storage:
-            return self.storage
-        return str(Path(self.storage).expanduser().resolve() if self.storage
-                   else self.work_path() / "ray")
+        return absolute_location(self.storage) if self.storage else str(self.work_path() / "ray")
 
     def tracking_uri(self) -> str:
         return self.mlflow or f"sqlite:///{self.work_path() / 'mlflow.db'}"

@@ -34,7 +34,6 @@ from typing import Any
 
 from fpn.config import TrainConfig
 from fpn.inference import (
-    MODEL_FILE,
     RUN_FILE,
     is_remote,
     join_location,
@@ -175,10 +174,9 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
         if cfg.log_model and outcome.best_checkpoints:
             from fpn.serving import log_ensemble_model
 
-            with ExitStack() as downloads:  # remote members: local copies while logging
-                member_files = ([downloads.enter_context(resolve_members(c))[0]
-                                 for c in outcome.best_checkpoints] if is_remote(run_dir) else
-                                [Path(p) / MODEL_FILE for p in outcome.best_checkpoints])
+            with ExitStack() as members:  # remote ones: local copies while logging
+                member_files = [members.enter_context(resolve_members(c))[0]
+                                for c in outcome.best_checkpoints]
                 outcome.model_uri = log_ensemble_model(
                     run.uri, run.run_id, member_files, shape=store.visit(plan.val_keys[0]).shape)
     except BaseException as exc:  # no MLflow run is left RUNNING by an error
