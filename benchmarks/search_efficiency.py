@@ -44,9 +44,11 @@ if str(_ROOT) not in sys.path:
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from fpn import tags as T
+
 __all__ = ["epochs_to_reach", "main", "run_strategy"]
 
-METRIC = "val_score"
+METRIC = T.VAL_SCORE
 NEAR = 0.01  # "as good in practice": within one Dice point of the FIFO best
 
 
@@ -67,27 +69,26 @@ def _make_store(work: Path, smoke: bool) -> str:
     return str(store)
 
 
-def _base_config(store: str, work: Path, args: argparse.Namespace, cpus_per_worker: float) -> dict:
-    from fpn.config import TrainConfig
+def _base_config(store: str, work: Path, args: argparse.Namespace,
+                 cpus_per_worker: float) -> Any:
+    from fpn.config import build_train_config
 
-    tree: dict[str, Any] = {
-        "task": "finetune",
-        "data": {"store": store, "ratio": args.ratio, "crop": list(args.crop),
-                 "multiplier": args.multiplier, "loader_workers": 0},
-        "model": {"name": "fpn", "kwargs": {}},
-        "optim": {"name": "sgd"}, "epochs": args.epochs, "batch_size": args.batch_size,
-        "keep_best": 1, "overlay_every": 0, "log_model": False, "max_failures": 0,
-        "workers": 1, "cpus_per_worker": cpus_per_worker, "threads_per_worker": 1,
+    return build_train_config("reference", {
+        "task": "finetune", "data.store": store, "data.ratio": args.ratio,
+        "data.crop": list(args.crop), "data.multiplier": args.multiplier,
+        "data.loader_workers": 0, "model.name": "fpn", "optim.name": "sgd",
+        "epochs": args.epochs, "batch_size": args.batch_size, "keep_best": 1,
+        "overlay_every": 0, "log_model": False, "max_failures": 0, "workers": 1,
+        "cpus_per_worker": cpus_per_worker, "threads_per_worker": 1,
         "storage": str(work / "runs"), "mlflow": f"sqlite:///{work / 'mlflow.db'}",
-        "experiment": "search-efficiency", "seed": args.seed,
-    }
-    return TrainConfig.model_validate(tree).model_dump(mode="json")
+        "experiment": "search-efficiency", "seed": args.seed})
 
 
 def _space(args: argparse.Namespace) -> Any:
-    from tune.spaces import SearchSpace, default_space, load_space
+    from tune.presets import SEARCH_PRESETS
+    from tune.spaces import SearchSpace, load_space
 
-    space = load_space(args.space) if args.space else default_space()
+    space = load_space(args.space or SEARCH_PRESETS["real"].space)
     if args.smoke:  # the tiniest networks only
         params = dict(space.params)
         params.pop("model.kwargs.width", None)
@@ -95,7 +96,7 @@ def _space(args: argparse.Namespace) -> Any:
     return space
 
 
-def run_strategy(strategy: str, *, base: dict, space: Any, trials: int, epochs: int,
+def run_strategy(strategy: str, *, base: Any, space: Any, trials: int, epochs: int,
                  concurrency: int, seed: int, storage: Path,
                  grace_period: int = 1) -> list[dict[str, Any]]:
     """Run one search; return every per-epoch report ``{trial, epoch, val_score, timestamp}``.
@@ -112,13 +113,13 @@ def run_strategy(strategy: str, *, base: dict, space: Any, trials: int, epochs: 
     from fpn.tracking import client_for, ensure_experiment, find_or_create_run
     from tune.core import driver_resources
     from tune.pruning import CooperativeASHA, stop_board
-    from tune.trial import train_trial
+    from tune.trial import TrialSpec, train_trial
 
     study = f"effbench-{strategy}-{int(time.time())}"
-    uri = base["mlflow"]
+    uri = base.tracking_uri()
     client = client_for(uri)
-    exp = ensure_experiment(client, base["experiment"], uri)
-    parent, _ = find_or_create_run(client, exp, study, {"fpn.benchmark": "search_efficiency"})
+    exp = ensure_experiment(client, base.experiment, uri)
+    parent, _ = find_or_create_run(client, exp, study, {T.BENCHMARK: "search_efficiency"})
     if strategy == "asha_tpe":
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, trials // 4))
         # as tune/search.py: never decide at the last epoch, so a trial reaching it finishes
@@ -132,9 +133,9 @@ def run_strategy(strategy: str, *, base: dict, space: Any, trials: int, epochs: 
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     searcher = OptunaSearch(space=space, metric=METRIC, mode="max", sampler=sampler, seed=seed)
-    context = {"base": base, "study": study, "parent_run_id": parent,
-               "tags": {"fpn.benchmark_strategy": strategy}}
-    trainable = tune.with_resources(tune.with_parameters(train_trial, context=context),
+    spec = TrialSpec(base=base, study=study, parent_run_id=parent,
+                     tags={T.BENCHMARK_STRATEGY: strategy})
+    trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec),
                                     driver_resources())
     board = stop_board(study)  # alive for the whole search
     tuner = tune.Tuner(
@@ -156,7 +157,7 @@ def run_strategy(strategy: str, *, base: dict, space: Any, trials: int, epochs: 
             if row.get("final") == 1.0:  # train_trial's closing summary, not an epoch
                 continue
             reports.append({"trial": i, "epoch": int(row["training_iteration"]),
-                            "val_score": float(row[METRIC]), "timestamp": float(row["timestamp"])})
+                            METRIC: float(row[METRIC]), "timestamp": float(row["timestamp"])})
     return reports
 
 

@@ -43,12 +43,13 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     from fpn.config import TrainConfig
-    from fpn.training.driver import ensure_ray, run_training
+    from fpn.training.driver import run_training
+    from fpn.training.ray_connect import connect_ray
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         store = args.store or make_store(tmp)
-        ensure_ray(num_cpus=os.cpu_count())
+        connect_ray(num_cpus=os.cpu_count())
         results = {}
         for workers in (1, 2):
             cfg = TrainConfig.model_validate({

@@ -92,7 +92,7 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
         print(f"demo: store already complete at {store_path}")
     else:
         from data_prep.convert import OverwriteRefused
-        from fpn.data.lease import LeaseHeld
+        from fpn.storage.lease import LeaseHeld
 
         try:
             stats = convert(source, store_path, seed=args.seed, num_cpus=args.num_cpus)

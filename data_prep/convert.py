@@ -3,7 +3,7 @@
 Steps:
 1. validate the source with the same checks as ``validate`` and refuse on any problem (exit 1,
    nothing written) unless ``--skip-invalid``, which converts the rest and lists what it skipped;
-2. take the store's writer lease (``<store>/writer.lease``, :mod:`fpn.data.lease`): a second
+2. take the store's writer lease (``<store>/writer.lease``, :mod:`fpn.storage.lease`): a second
    writer is refused (exit 2, naming the holder) while this one runs, so no run's clean-up can
    delete another's visits or staging folders;
 3. create (or reopen) the store root; refuse (exit 2) when the store holds visits of another
@@ -50,8 +50,8 @@ from data_prep.store_writer import (
     write_index,
     write_visit,
 )
-from fpn.data.lease import Lease, LeaseError, LeaseHeld, LeaseLost, LeaseOwner
 from fpn.data.store import StoreError, is_local_location, open_zarr_group
+from fpn.storage.lease import Lease, LeaseError, LeaseHeld, LeaseLost, LeaseOwner
 
 __all__ = ["ConvertStats", "OverwriteRefused", "convert", "convert_main", "parse_storage_options",
            "patient_split"]

@@ -10,7 +10,7 @@ The primitives here are what ``convert`` runs inside its Ray tasks:
 - :func:`write_index` writes the root index (``visits``, ``fingerprint``, ``split``) at the end.
 
 Only one writer at a time: ``convert`` holds the writer lease (:func:`lease_location`,
-:mod:`fpn.data.lease`) from before :func:`init_store` until after :func:`remove_unindexed`.
+:mod:`fpn.storage.lease`) from before :func:`init_store` until after :func:`remove_unindexed`.
 
 Axis convention: OCT ``(S, D, W)``; en-face images and masks ``(S, W)``.
 """

@@ -1,19 +1,26 @@
-"""One typed config for every training run.
+"""One typed config for every training run, built in one place.
 
-``TrainConfig`` is built from the CLI (``python -m fpn pretrain|finetune``), from a YAML file
-(``--config``), or by the search in ``tune/`` — and flows unchanged into every Ray Train worker.
-The resolved config is logged to MLflow as the run's parameters and as ``config.yaml``.
+:func:`build_train_config` is the one way a run's :class:`TrainConfig` is made: a recipe
+(``fpn/recipes/``) and layers of dotted overrides (``{"optim.lr": 0.002}``), applied in order.
+Every entry point calls it: ``python -m fpn pretrain|finetune`` (its flags and ``--config`` are
+layers), the search (its ``--set`` values, then each trial's draws through
+:meth:`TrainConfig.with_overrides`), the paper table (a preset's per-network values) and the
+demo. The config then flows unchanged down to every Ray Train worker; it becomes a dict once, at
+the Ray boundary. The resolved config is logged to MLflow as the run's parameters and as
+``config.yaml``.
 """
 
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fpn.storage.locations import absolute_location, absolute_tracking_uri
 
 __all__ = [
     "SSL_TARGETS",
@@ -21,39 +28,22 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
+    "Overrides",
     "TrainConfig",
-    "absolute_location",
-    "absolute_tracking_uri",
+    "build_train_config",
     "default_mlflow_uri",
-    "load_config",
+    "flatten_tree",
+    "parse_sets",
     "read_yaml_mapping",
+    "set_dotted",
+    "validation_problem",
 ]
+
+#: one layer of a run's config: dotted TrainConfig keys and their values, ``{"optim.lr": 0.002}``
+Overrides = Mapping[str, Any]
 
 SSL_TARGETS = ("inverted_faf", "faf", "slo")
 Target = Literal["mask", "inverted_faf", "faf", "slo"]
-
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://..., models:/NAME@ALIAS, runs:/...
-
-
-def absolute_location(location: str) -> str:
-    """A local path made absolute, a URL (``s3://``, ``models:/``) as it is: Ray workers and
-    Tune trials run in other working directories, where a relative path names something else
-    (or nothing)."""
-    return location if _URL.match(location) else str(Path(location).expanduser().resolve())
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """A tracking (or Optuna storage) URI whose sqlite file is named by an absolute path, for
-    the same reason: ``sqlite:///mlflow.db`` -> ``sqlite:////ABS/DIR/mlflow.db``; other URIs
-    as they are."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return uri
-    path, sep, query = uri[len(prefix):].partition("?")
-    if not path or path.startswith("/") or path == ":memory:":
-        return uri
-    return f"{prefix}{Path(path).expanduser().resolve()}{sep}{query}"
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -243,18 +233,78 @@ class TrainConfig(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def with_overrides(self, overrides: Overrides) -> TrainConfig:
+        """This config with dotted ``overrides`` applied (a trial's draws, a job's seed and
+        ratio): a new, validated config; this one is unchanged."""
+        tree = self.model_dump(mode="json")
+        for dotted, value in overrides.items():
+            set_dotted(tree, dotted, value)
+        return TrainConfig.model_validate(tree)
+
+
+def build_train_config(recipe: str | None, *layers: Overrides | None,
+                       where: str = "") -> TrainConfig:
+    """The one way a run's config is made: the recipe's values, then each layer of dotted
+    overrides in order (a later layer wins; ``None`` layers are skipped).
+
+    Args:
+        recipe: a recipe name (``fpn/recipes/``) or a recipe YAML file; None: ``reference``
+            (TrainConfig's defaults).
+        layers: dotted overrides, e.g. a ``--config`` file (:func:`flatten_tree`), the command
+            line's flags, ``--set`` values, a preset's per-network values, a job's ratio and seed.
+        where: names the source in an error (``"search settings"``).
+
+    Raises:
+        ValueError: an unknown recipe or key, or a value TrainConfig refuses; one line naming the
+            dotted key (and ``where``).
+    """
+    from pydantic import ValidationError
+
+    from fpn.recipes import recipe_overrides
+
+    tree: dict[str, Any] = {}
+    for layer in (recipe_overrides(recipe or "reference"), *layers):
+        for dotted, value in (layer or {}).items():
+            set_dotted(tree, dotted, value)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as exc:
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}{validation_problem(exc)}") from None
+
+
+def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (a YAML config or recipe) as dotted keys, leaves only: sections merge
+    key by key with the other layers instead of replacing them; an empty mapping is kept as a
+    leaf (``model.kwargs: {}`` means "no kwargs")."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(flatten_tree(v, key))
+        else:
+            out[key] = v
+    return out
+
 
 def default_mlflow_uri() -> str:
     """A sqlite file in the working directory, as an absolute URI (workers have another cwd)."""
     return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config and apply dotted overrides (``{"optim.lr": 0.01}``)."""
-    raw = read_yaml_mapping(path, "config")
-    for dotted, value in (overrides or {}).items():
-        set_dotted(raw, dotted, value)
-    return TrainConfig.model_validate(raw)
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """Command-line overrides ``["optim.lr=0.01", "data.crop=[32,256]"]`` as a layer
+    ``{"optim.lr": 0.01, "data.crop": [32, 256]}``; values are YAML (numbers, lists, booleans)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: not a YAML value: {exc}") from None
+    return out
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:

@@ -7,35 +7,39 @@ Both read models through :func:`fpn.inference.load_ensemble` (checkpoint, run di
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import math
 import os
+import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fpn import tags as T
+from fpn.agreement import readout_metrics, visit_areas_from_records
 from fpn.data.dataset import stored_name
 from fpn.data.store import open_store
 from fpn.data.transforms import target_from
-from fpn.inference import (
-    RUN_FILE,
-    Ensemble,
-    join_location,
-    load_ensemble,
-    read_location_text,
-)
+from fpn.growth import growth_per_eye
+from fpn.inference import Ensemble, load_ensemble
 from fpn.metrics import VisitMetrics, visit_record
+from fpn.readout import write_readout
+from fpn.stats import record_metrics
+from fpn.storage import RUN_FILE, atomic_file, join_location, read_location_text
 
-__all__ = ["AREAS_COLUMNS", "evaluate", "evaluate_ensemble", "predict"]
+__all__ = ["AREAS_COLUMNS", "SplitEvaluation", "evaluate", "evaluate_ensemble", "evaluate_split",
+           "keys_digest", "predict"]
 
 AREAS_COLUMNS = ["visit", "patient_id", "eye", "day", "mask_png", "area_mm2"]
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        write(tmp)
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
@@ -74,7 +78,8 @@ def _source_run_id(model_ref: str, tracking_uri: str | None) -> str | None:
 
 
 def evaluate_ensemble(ensemble: Ensemble, store: Any, keys: list[str]) -> VisitMetrics:
-    """Per-visit metrics of ``ensemble`` on ``keys`` (Dice/HD95/areas, or SSIM for SSL)."""
+    """Per-visit metrics of ``ensemble`` on ``keys`` (Dice/HD95/areas and the area error, or
+    SSIM for SSL), each record carrying its visit's patient, eye and day."""
     ssl = ensemble.target != "mask"
     name = stored_name(ensemble.target)
     metrics = VisitMetrics()
@@ -84,15 +89,80 @@ def evaluate_ensemble(ensemble: Ensemble, store: Any, keys: list[str]) -> VisitM
         target = target_from(ensemble.target, store.read(key, name))
         rec = visit_record(key, prob, target, ssl=ssl,
                            spacing_sw=(info.spacing_mm[0], info.spacing_mm[2]))
+        if not ssl:
+            rec["area_error_mm2"] = abs(rec["area_pred_mm2"] - rec["area_true_mm2"])
         rec.update(patient_id=info.patient_id, eye=info.eye, day=info.day)
         metrics.update(rec)
     return metrics
 
 
+@dataclass(frozen=True)
+class SplitEvaluation:
+    """A model's k-best ensemble on one split of a store."""
+
+    split: str
+    records: list[dict[str, Any]]  #: one per visit (:func:`evaluate_ensemble`)
+    summary: dict[str, Any]  #: split, members, store_fingerprint, <metric>_mean / _std, csv
+    keys_sha: str  #: which visits: a digest of their keys (:func:`keys_digest`)
+
+
+def keys_digest(keys: list[str]) -> str:
+    """A short digest of a split's visit keys: which visits a number was measured on."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
+
+
+def evaluate_split(ensemble: Ensemble, store: Any, split: str, out_dir: str | Path, *,
+                   tracking_uri: str | None = None, run_id: str | None = None
+                   ) -> SplitEvaluation:
+    """The one test evaluation (``python -m fpn evaluate``, the search and the paper table):
+    the ensemble on every visit of ``split`` that has its target; ``OUT_DIR/eval_<split>.csv``
+    (per visit); with ``run_id``, ``<split>/<metric>`` metrics, the store's fingerprint and the
+    CSV on that MLflow run.
+
+    Raises:
+        ValueError: the split has no visit with the ensemble's target (names the store).
+    """
+    name = stored_name(ensemble.target)
+    keys = [v.key for v in store.visits_for(splits=split, require=name)]
+    if not keys:
+        raise ValueError(f"{store.location}: no {split!r} visits with {name!r}")
+    metrics = evaluate_ensemble(ensemble, store, keys)
+    agg = metrics.aggregate()
+    # the patient is the unit: each metric's mean over patients and its interval
+    agg.update(record_metrics(metrics.records, [k[:-len("_mean")] for k in list(agg)
+                                                if k.endswith("_mean")]))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / f"eval_{split}.csv"]
+    _write_csv(files[0], metrics.records, list(metrics.records[0].keys()))
+    if ensemble.target == "mask":  # the clinical read-out: areas against the graders, growth
+        visits = visit_areas_from_records(metrics.records)
+        agg.update(readout_metrics(visits, growth_per_eye(visits)))
+        files += list(write_readout(visits, out)[1].values())
+    summary = {"split": split, "members": len(ensemble), "store_fingerprint": store.fingerprint,
+               **agg, "csv": str(files[0])}
+    if run_id is not None:
+        from mlflow.entities import Metric
+
+        from fpn.tracking import RunLogger, client_for
+
+        now = int(time.time() * 1000)
+        client_for(tracking_uri).log_batch(run_id, metrics=[
+            Metric(f"{split}/{k}", float(v), now, 0) for k, v in agg.items()
+            if math.isfinite(v)])
+        logger = RunLogger(tracking_uri, run_id)
+        logger.set_tags({T.split_store_fingerprint(split): store.fingerprint})
+        for path in files:
+            logger.log_file(path, "evaluation")
+        summary["mlflow_run_id"] = run_id
+    return SplitEvaluation(split, metrics.records, summary, keys_digest(keys))
+
+
 def evaluate(model_ref: str, store_path: str, *, split: str = "test", out: str | None = None,
              tracking_uri: str | None = None, k: int | None = None,
              storage_options: dict | None = None, log_to_mlflow: bool = True) -> dict[str, Any]:
-    """Evaluate the k-best ensemble on a split; write a per-visit CSV; log to MLflow.
+    """``python -m fpn evaluate``: the k-best ensemble on a split (:func:`evaluate_split`),
+    logged on the MLflow run the model came from (or a new ``evaluate-<split>`` run).
 
     Returns the summary: ``{split, visits, dice_mean, dice_std, hd95_mean, ..., csv}``.
     """
@@ -101,36 +171,19 @@ def evaluate(model_ref: str, store_path: str, *, split: str = "test", out: str |
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri()
     ensemble = load_ensemble(model_ref, uri, k)
     store = open_store(store_path, storage_options=storage_options)
-    keys = [v.key for v in store.visits_for(splits=split, require=stored_name(ensemble.target))]
-    if not keys:
-        raise ValueError(f"{store_path}: no '{split}' visits with {stored_name(ensemble.target)!r}")
-    metrics = evaluate_ensemble(ensemble, store, keys)
-    agg = metrics.aggregate()
     ref_path = Path(model_ref)
     out_dir = Path(out) if out else (ref_path if ref_path.is_dir() else Path("."))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = out_dir / f"eval_{split}.csv"
-    columns = list(metrics.records[0].keys())
-    _write_csv(csv_path, metrics.records, columns)
-    summary = {"split": split, "members": len(ensemble), "store_fingerprint": store.fingerprint,
-               **agg, "csv": str(csv_path)}
+    run_id = None
     if log_to_mlflow:
-        from mlflow.entities import Metric
-
-        from fpn.tracking import RunLogger, client_for, ensure_experiment
+        from fpn.tracking import client_for, ensure_experiment
 
         run_id = _source_run_id(model_ref, uri)
-        client = client_for(uri)
         if run_id is None:
+            client = client_for(uri)
             exp = ensure_experiment(client, "fpn-evaluation", uri)
             run_id = client.create_run(exp, run_name=f"evaluate-{split}").info.run_id
-        logger = RunLogger(uri, run_id)
-        client.log_batch(run_id, metrics=[Metric(f"{split}/{k_}", float(v), 0, 0)
-                                          for k_, v in agg.items() if np.isfinite(v)])
-        logger.set_tags({f"fpn.{split}_store_fingerprint": store.fingerprint})
-        logger.log_file(csv_path, "evaluation")
-        summary["mlflow_run_id"] = run_id
-    return summary
+    return evaluate_split(ensemble, store, split, out_dir, tracking_uri=uri,
+                          run_id=run_id).summary
 
 
 def _save_npy(tmp: Path, array: np.ndarray) -> None:

@@ -30,7 +30,8 @@ from fpn.serving import checked_input, max_voxels_from
 
 class FPNEnsembleModel(PythonModel):
     def load_context(self, context):
-        from fpn.inference import MODEL_FILE, Ensemble, load_member_file
+        from fpn.inference import Ensemble
+        from fpn.storage import MODEL_FILE, load_member_file
 
         paths = sorted(Path(context.artifacts["members"]).glob(f"*/{MODEL_FILE}"))
         self.ensemble = Ensemble([load_member_file(p) for p in paths])

@@ -22,20 +22,21 @@ champion) is the gate's record: ``list`` flags a champion alias that differs fro
 follows it back (never "the previous version number") and refuses a version that was deleted.
 ``fpn.champion_history`` keeps an append-only log of the events (the newest that fit in a tag).
 
-CLI: ``python -m fpn registry {list, promote, rollback} NAME ...``; errors are one line, exit 2.
+Its command line (``python -m fpn registry {list, promote, rollback} NAME ...``) is
+:mod:`fpn.registry_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from fpn import tags as T
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -43,6 +44,7 @@ __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "COMPARABILITY_TAGS",
+    "DIRECTION_ALIASES",
     "GATE_METRIC",
     "METRIC_DIRECTIONS",
     "PROVENANCE_TAGS",
@@ -53,16 +55,15 @@ __all__ = [
     "list_versions",
     "promote",
     "register_version",
-    "registry_main",
     "rollback",
 ]
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 #: a metric is comparable between versions only when these tags are present and equal
-COMPARABILITY_TAGS = ("store_fingerprint", "test_split", "test_keys_sha")
+COMPARABILITY_TAGS = (T.VERSION_STORE_FINGERPRINT, T.VERSION_TEST_SPLIT, T.VERSION_TEST_KEYS_SHA)
 #: the metric the gate compares unless overridden with ``force``
-GATE_METRIC = "test_dice"
+GATE_METRIC = T.VERSION_TEST_DICE
 #: the direction of each known metric: ``higher`` or ``lower`` is better
 METRIC_DIRECTIONS: dict[str, str] = {
     "test_dice": "higher", "val_dice": "higher", "dice": "higher", "dice_mean": "higher",
@@ -70,13 +71,13 @@ METRIC_DIRECTIONS: dict[str, str] = {
 }
 #: version tags that say what a version is; once written, a different value is refused
 PROVENANCE_TAGS = COMPARABILITY_TAGS + (
-    "ratio", "ssl", "study", "trial", "mlflow_run_id", "pretrained", "val_dice", "test_dice",
-    "test_dice_std")
-STACK_TAG = "fpn.champion_stack"
-HISTORY_TAG = "fpn.champion_history"
-SOURCE_TAG = "fpn.model_uri"
+    T.VERSION_RATIO, T.VERSION_SSL, T.VERSION_STUDY, T.VERSION_TRIAL, T.VERSION_MLFLOW_RUN_ID,
+    T.VERSION_PRETRAINED, T.VERSION_VAL_DICE, T.VERSION_TEST_DICE, T.VERSION_TEST_DICE_STD)
+STACK_TAG = T.CHAMPION_STACK
+HISTORY_TAG = T.CHAMPION_HISTORY
+SOURCE_TAG = T.MODEL_URI
 _TAG_CHARS = 4900  # registered-model tag values are VARCHAR(5000) in MLflow's SQL stores
-_DIRECTION_ALIASES = {"max": "higher", "min": "lower", "higher": "higher", "lower": "lower"}
+DIRECTION_ALIASES = {"max": "higher", "min": "lower", "higher": "higher", "lower": "lower"}
 
 
 class GateRefused(ValueError):
@@ -269,9 +270,9 @@ def champion_status(tracking_uri: str | None, name: str) -> str | None:
 def _direction(metric: str, direction: str | None) -> tuple[str, list[str]]:
     """(the direction used, the overrides it implies); unknown names raise."""
     if direction is not None:
-        if direction not in _DIRECTION_ALIASES:
+        if direction not in DIRECTION_ALIASES:
             raise ValueError(f"direction must be 'higher' or 'lower', got {direction!r}")
-        direction = _DIRECTION_ALIASES[direction]
+        direction = DIRECTION_ALIASES[direction]
     overrides = []
     if metric != GATE_METRIC:
         overrides.append(f"metric {metric} instead of the gate's {GATE_METRIC}")
@@ -367,7 +368,7 @@ def promote(tracking_uri: str | None, name: str, version: str | int | None = Non
 
     if not (better or force):
         client.set_registered_model_alias(name, CHALLENGER, v)
-        client.set_model_version_tag(name, v, "fpn.gate", reason)
+        client.set_model_version_tag(name, v, T.GATE, reason)
         _record(client, name, _stack(client, name), {"event": "challenger", **event,
                                                      "reason": reason})
         return Decision(name, v, CHALLENGER, False, reason, champion)
@@ -376,11 +377,11 @@ def promote(tracking_uri: str | None, name: str, version: str | int | None = Non
     client.set_registered_model_alias(name, CHAMPION, v)
     if _aliases(client, name).get(CHALLENGER) == v:
         client.delete_registered_model_alias(name, CHALLENGER)
-    client.set_model_version_tag(name, v, "fpn.promoted_at", _now())
-    client.set_model_version_tag(name, v, "fpn.gate", reason[:4900])
+    client.set_model_version_tag(name, v, T.PROMOTED_AT, _now())
+    client.set_model_version_tag(name, v, T.GATE, reason[:4900])
     if forced:
-        client.set_model_version_tag(name, v, "fpn.forced_promotion", "true")
-        client.set_model_version_tag(name, v, "fpn.gate_override", reason[:4900])
+        client.set_model_version_tag(name, v, T.FORCED_PROMOTION, "true")
+        client.set_model_version_tag(name, v, T.GATE_OVERRIDE, reason[:4900])
     stack = [s for s in _stack(client, name) if s != v] + [v]
     _record(client, name, stack, {"event": "force" if forced else "promote", **event,
                                   "previous": champion, "reason": reason[:1000]})
@@ -419,7 +420,7 @@ def rollback(tracking_uri: str | None, name: str) -> Decision:
                           "--version N --force`)")
     client.set_registered_model_alias(name, CHAMPION, target)
     if current is not None and current in existing:
-        client.set_model_version_tag(name, current, "fpn.rolled_back_at", _now())
+        client.set_model_version_tag(name, current, T.ROLLED_BACK_AT, _now())
     reason = f"rolled back from version {current}" if current else "rolled back"
     if moved:
         reason += f" ({moved})"
@@ -441,10 +442,11 @@ def list_versions(tracking_uri: str | None, name: str) -> list[dict[str, Any]]:
     for v in versions:
         rows.append({
             "version": str(v.version), "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
-            "ratio": v.tags.get("ratio", ""), "ssl": v.tags.get("ssl", ""),
-            "val_dice": v.tags.get("val_dice", ""), "test_dice": v.tags.get("test_dice", ""),
-            "store": v.tags.get("store_fingerprint", "")[:12], "run_id": v.run_id or "",
-            "forced": v.tags.get("fpn.forced_promotion", ""),
+            "ratio": v.tags.get(T.VERSION_RATIO, ""), "ssl": v.tags.get(T.VERSION_SSL, ""),
+            "val_dice": v.tags.get(T.VERSION_VAL_DICE, ""),
+            "test_dice": v.tags.get(T.VERSION_TEST_DICE, ""),
+            "store": v.tags.get(T.VERSION_STORE_FINGERPRINT, "")[:12], "run_id": v.run_id or "",
+            "forced": v.tags.get(T.FORCED_PROMOTION, ""),
             "gate": "outside-gate" if moved and str(v.version) == champion else "",
         })
     return rows
@@ -453,67 +455,3 @@ def list_versions(tracking_uri: str | None, name: str) -> list[dict[str, Any]]:
 def _version_list(client: Any, name: str) -> list[Any]:
     _version(client, name, None)
     return _all_versions(client, name)
-
-
-def _format_rows(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no versions)"
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
-    return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fpn registry",
-                                     description="List, promote and roll back registered models.")
-    parser.add_argument("--mlflow", help="MLflow URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
-    sub = parser.add_subparsers(dest="action", required=True)
-    p = sub.add_parser("list", help="versions, aliases and metrics; flags a champion alias "
-                       "moved outside the gate")
-    p.add_argument("name")
-    p = sub.add_parser("promote", help="champion if it beats the champion, else challenger")
-    p.add_argument("name")
-    p.add_argument("--version", help="candidate version (default: the newest)")
-    p.add_argument("--metric", default=GATE_METRIC,
-                   help=f"version tag compared (default {GATE_METRIC}; another one needs --force)")
-    p.add_argument("--direction", "--mode", dest="direction",
-                   choices=sorted(_DIRECTION_ALIASES), default=None,
-                   help="which way is better; default: the metric's own (Dice higher, HD95 "
-                   "lower); another one needs --force")
-    p.add_argument("--force", action="store_true",
-                   help="promote regardless of the gate (every override is recorded)")
-    p = sub.add_parser("rollback", help="champion back to the gate's previous champion")
-    p.add_argument("name")
-    for p in sub.choices.values():
-        p.add_argument("--mlflow", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    return parser
-
-
-def registry_main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m fpn registry``: 0 on success (also when the candidate stays
-    challenger), 2 with a one-line error when the gate refuses or the input is wrong."""
-    from mlflow.exceptions import MlflowException
-
-    args = build_parser().parse_args(argv)
-    try:
-        if args.action == "list":
-            print(_format_rows(list_versions(args.mlflow, args.name)))
-            if warning := champion_status(args.mlflow, args.name):
-                print(f"WARNING: {warning}; `registry rollback` returns to the gate's record, "
-                      "`registry promote --version N --force` records the move")
-        elif args.action == "promote":
-            print(promote(args.mlflow, args.name, args.version, metric=args.metric,
-                          direction=args.direction, force=args.force).message())
-        else:
-            print(rollback(args.mlflow, args.name).message())
-    except (ValueError, MlflowException) as exc:
-        text = exc.message if isinstance(exc, MlflowException) else str(exc)
-        print(f"error: {' '.join(text.split())}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(registry_main())

@@ -97,7 +97,7 @@ def log_ensemble_model(tracking_uri: str, run_id: str, member_files: Sequence[st
     import mlflow
 
     import fpn
-    from fpn.inference import MODEL_FILE
+    from fpn.storage import MODEL_FILE
 
     mlflow.set_tracking_uri(tracking_uri)
     example = np.random.default_rng(0).normal(size=shape).astype(np.float32)

@@ -19,11 +19,9 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["RUN_IDENTITY_TAG", "RUN_NAME_TAG", "RunLogger", "client_for", "ensure_experiment", "find_or_create_run", "git_revision"]
+from fpn import tags as T
 
-RUN_NAME_TAG = "fpn.run_name"
-#: a training run's identity: a hash of its store fingerprint and its config hash
-RUN_IDENTITY_TAG = "fpn.run_identity"
+__all__ = ["RunLogger", "client_for", "ensure_experiment", "find_or_create_run", "git_revision"]
 
 
 def git_revision() -> str:
@@ -72,9 +70,9 @@ def find_or_create_run(client: MlflowClient, experiment_id: str, run_name: str,
     """
     if "'" in run_name or "`" in run_name:
         raise ValueError(f"invalid run name {run_name!r}: no quotes")
-    query = f"tags.`{RUN_NAME_TAG}` = '{run_name}'"
+    query = f"tags.`{T.RUN_NAME}` = '{run_name}'"
     if identity is not None:
-        query += f" and tags.`{RUN_IDENTITY_TAG}` = '{identity}'"
+        query += f" and tags.`{T.RUN_IDENTITY}` = '{identity}'"
     if not reopen_finished:
         query += " and attributes.status != 'FINISHED'"
     found = client.search_runs(
@@ -83,11 +81,11 @@ def find_or_create_run(client: MlflowClient, experiment_id: str, run_name: str,
     )
     if found:
         return found[0].info.run_id, True
-    all_tags = {RUN_NAME_TAG: run_name, "mlflow.runName": run_name, **tags}
+    all_tags = {T.RUN_NAME: run_name, T.MLFLOW_RUN_NAME: run_name, **tags}
     if identity is not None:
-        all_tags[RUN_IDENTITY_TAG] = identity
+        all_tags[T.RUN_IDENTITY] = identity
     if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
+        all_tags[T.MLFLOW_PARENT_RUN_ID] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     return run.info.run_id, False
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from fpn.config import TrainConfig
+from fpn.device import CompiledWithFallback, device_policy, to_channels_last
 from fpn.models import create_model, list_models
-from fpn.training.device import CompiledWithFallback, device_policy, to_channels_last
 
 TINY = {"fpn": {"width": 0.25}, "resensnet": {"width": 0.25}}
 SHAPE = (1, 1, 8, 64, 32)  # (B, C, S, D, W)

@@ -1,7 +1,10 @@
 """Layers point one way, checked on every import of every module (also those inside functions):
 
 - ``fpn`` (the library) imports neither ``tune`` nor ``data_prep``;
-- ``data_prep`` imports from ``fpn`` only its data layer, ``fpn.data`` (and below);
+- ``data_prep`` imports from ``fpn`` only its data layer, ``fpn.data``, and the storage layer under
+  it, ``fpn.storage`` (locations, the lease);
+- inside ``fpn``, training and inference never import each other: both stand on ``fpn.storage``
+  (a run's files) and ``fpn.device`` (the device policy);
 - ``tune`` (orchestration) may import both;
 - no module calls another package's command-line entry (``*main``) with argv strings.
 """
@@ -58,7 +61,7 @@ def _allowed(importer: str, module: str) -> bool:
     if importer == "fpn":
         return False
     if importer == "data_prep":
-        return module == "fpn.data" or module.startswith("fpn.data.")
+        return any(module == m or module.startswith(f"{m}.") for m in ("fpn.data", "fpn.storage"))
     return True  # tune: the top layer
 
 
@@ -72,7 +75,7 @@ def test_imports_point_one_way(package):
             # `from fpn import data` is fpn.data; `from fpn import training` is not
             if package == "data_prep" and module == "fpn":
                 bad += [f"{path.relative_to(ROOT)}:{line}: imports fpn.{n}" for n in names
-                        if n != "data"]
+                        if n not in ("data", "storage")]
     assert not bad, "imports against the layers:\n" + "\n".join(bad)
 
 
@@ -95,3 +98,24 @@ def test_the_scan_sees_imports_inside_functions_and_relative_ones(tmp_path):
     found = [m for _, m, _ in _imports(f, ["fpn", "data"])]
     assert found == ["data_prep.convert", "fpn.training"]
     assert not _allowed("fpn", found[0]) and not _allowed("data_prep", found[1])
+
+
+#: sub-packages of fpn that must not import each other (either way)
+APART = ("fpn.training", "fpn.inference")
+
+
+def test_training_and_inference_do_not_import_each_other():
+    bad = []
+    for path in _files("fpn"):
+        me = _module_name(path)
+        mine = next((a for a in APART if me == a or me.startswith(f"{a}.")), None)
+        if mine is None:
+            continue
+        for line, module, names in _imports(path):
+            full = [module] + [f"{module}.{n}" for n in names] if module == "fpn" else [module]
+            for m in full:
+                other = next((a for a in APART if a != mine and (m == a or m.startswith(f"{a}."))),
+                             None)
+                if other:
+                    bad.append(f"{path.relative_to(ROOT)}:{line}: {mine} imports {m}")
+    assert not bad, "training and inference import each other:\n" + "\n".join(bad)

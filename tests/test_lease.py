@@ -1,4 +1,4 @@
-"""The lease (fpn.data.lease) on local disk and on moto's S3 server: one holder at a time, a
+"""The lease (fpn.storage.lease) on local disk and on moto's S3 server: one holder at a time, a
 heartbeat that keeps it, atomic takeover of a stale one, release that never deletes another's."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fpn.data.lease import Lease, LeaseHeld, LeaseLost, LeaseOwner, LeaseRecord, read_lease
+from fpn.storage.lease import Lease, LeaseHeld, LeaseLost, LeaseOwner, LeaseRecord, read_lease
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_stale_lease_is_taken_over_and_the_old_holder_learns_it(where):
 def test_takeover_is_conditional_on_what_was_read(where):
     """Two contenders read the same stale lease; the first replacement wins, the second (based
     on the now outdated read) fails instead of overwriting it."""
-    from fpn.data.lease import _backend
+    from fpn.storage.lease import _backend
 
     location, options = where
     _dead_holder(location, age_s=10, **(options or {}))
@@ -137,7 +137,7 @@ def test_moto_honours_conditional_puts(s3_endpoint):
 
 _CONTENDER = """
 import sys, time
-from fpn.data.lease import Lease
+from fpn.storage.lease import Lease
 location, start = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
 lease = Lease(location, ttl_s=30)
@@ -175,7 +175,7 @@ def test_unreadable_lease_is_held_until_it_goes_stale(tmp_path):
 
 
 def test_unsupported_scheme_is_a_clear_error():
-    from fpn.data.lease import LeaseError
+    from fpn.storage.lease import LeaseError
 
     with pytest.raises(LeaseError, match="memory://x/lease: leases need"):
         Lease("memory://x/lease")
@@ -186,7 +186,7 @@ def test_a_holder_killed_on_this_machine_is_taken_over_at_once(tmp_path):
     process is gone. A live holder's lease, and one from another process space (another
     machine, or a container with its own pid namespace), still wait for the TTL."""
     location = str(tmp_path / "writer.lease")
-    code = ("import sys, time; from fpn.data.lease import Lease; "
+    code = ("import sys, time; from fpn.storage.lease import Lease; "
             "lease = Lease(sys.argv[1], ttl_s=600); lease.acquire(); print('held', flush=True); "
             "time.sleep(600)")
     holder = subprocess.Popen(

@@ -109,7 +109,8 @@ def test_rerun_reads_the_finished_marker_from_s3(s3_run):
 
 def test_evaluate_and_predict_from_the_s3_run_dir(s3_run, s3_store, tmp_path):
     from fpn.evaluation import evaluate, predict
-    from fpn.inference import load_ensemble, resolve_members
+    from fpn.inference import load_ensemble
+    from fpn.storage import resolve_members
 
     cfg, outcome = s3_run
     with resolve_members(outcome.run_dir) as members:

@@ -45,10 +45,10 @@ def test_the_search_and_the_paper_table_plan_alike():
     """Both front-ends call the one planner: same cluster, same workers -> same plan."""
     import inspect
 
-    from tune import core, search
+    from tune import core, search_steps
     from tune.experiments import paper_table
 
-    assert "plan_resources" in inspect.getsource(search.plan_resources)
+    assert "plan_resources" in inspect.getsource(search_steps.plan_resources)
     assert "plan_resources(" in inspect.getsource(paper_table.run_paper_table)
     assert not hasattr(paper_table, "plan_concurrency")
     assert paper_table.DRIVER_CPU is core.DRIVER_CPU
@@ -56,20 +56,23 @@ def test_the_search_and_the_paper_table_plan_alike():
 
 # -- the run record (unit: local; integration: S3) ------------------------------------------------
 
-def _outcome(run_dir: str) -> dict:
-    return {"run_name": "r", "run_dir": run_dir, "mlflow_run_id": "abc",
-            "best_checkpoints": [f"{run_dir}/checkpoint_1"], "best_scores": [0.7],
-            "score_name": "val/dice_mean", "train_patients": ["P1"], "model_uri": None}
+def _record(run_dir: str, config: dict):
+    from fpn.storage import RunRecord
+
+    return RunRecord(run_name="r", run_dir=run_dir, mlflow_run_id="abc",
+                     best_checkpoints=[f"{run_dir}/checkpoint_1"], best_scores=[0.7],
+                     score_name="val/dice_mean", train_patients=["P1"], finished=True,
+                     config=config)
 
 
 @pytest.mark.unit
 def test_run_record_local(tmp_path):
-    from fpn.inference import RUN_FILE
-    from fpn.training.run_record import finished_run, read_run_record, write_run_record
+    from fpn.storage import RUN_FILE
+    from fpn.storage.run_record import finished_run, read_run_record, write_run_record
 
     run_dir = str(tmp_path / "runs" / "r")
     assert read_run_record(run_dir) is None and finished_run(str(tmp_path / "runs"), "r") is None
-    write_run_record(run_dir, _outcome(run_dir), {"epochs": 2})
+    write_run_record(_record(run_dir, {"epochs": 2}))
     record = finished_run(str(tmp_path / "runs"), "r")
     assert record is not None and record.usable and record.best_score == 0.7
     assert record.config == {"epochs": 2} and record.train_patients == ["P1"]
@@ -77,7 +80,7 @@ def test_run_record_local(tmp_path):
     with pytest.raises(ValueError, match=RUN_FILE):
         read_run_record(run_dir)
     assert finished_run(str(tmp_path / "runs"), "r") is None  # trained again, rewritten
-    unfinished = {**_outcome(run_dir), "finished": False}
+    unfinished = {**json.loads(_record(run_dir, {}).to_json()), "finished": False}
     (tmp_path / "runs" / "r" / RUN_FILE).write_text(json.dumps(unfinished))
     assert finished_run(str(tmp_path / "runs"), "r") is None
 
@@ -85,12 +88,12 @@ def test_run_record_local(tmp_path):
 @pytest.mark.integration
 def test_run_record_on_s3(s3_endpoint):
     """The reader the search uses for ``--storage s3://...`` (it read local paths only before)."""
-    from fpn.training.run_record import finished_run, write_run_record
+    from fpn.storage.run_record import finished_run, write_run_record
     from tests.conftest import S3_BUCKET
 
     storage = f"s3://{S3_BUCKET}/orchestration/trials"
     assert finished_run(storage, "r") is None
-    write_run_record(f"{storage}/r", _outcome(f"{storage}/r"), {})
+    write_run_record(_record(f"{storage}/r", {}))
     record = finished_run(storage, "r")
     assert record is not None and record.usable and record.run_dir == f"{storage}/r"
     # a trial restarted on S3 storage finds its record the same way (tune/trial.py adds the
@@ -102,27 +105,42 @@ def test_run_record_on_s3(s3_endpoint):
 # -- the results table (unit) ---------------------------------------------------------------------
 
 @pytest.mark.unit
-def test_search_table_is_unchanged():
-    """The search's table as before the core: shorter configuration names first, no bold or
-    stars (one number per cell), an empty cell where a ratio is missing."""
+def test_search_table_of_earlier_runs():
+    """The search's summary table (runs read back from MLflow): shorter configuration names
+    first, no bold or stars (one number per cell, no per-visit values), an empty cell where a
+    ratio is missing; the patient-level mean and interval where the run logged them, else the
+    poster's mean ± std over visits; and the n line under it, which says which."""
     from tune.report import TableRow, table_csv, table_markdown
 
     rows = [TableRow("FPN (inverted_faf pretraining)", 0.1, 0.61234, 0.1, 4, "s1"),
             TableRow("FPN", 1.0, 0.8, 0.05, 4, "s2"), TableRow("FPN", 0.1, 0.5, 0.2, 4, "s3")]
     assert table_markdown(rows) == (
-        "| Method | 0.1 | 1 |\n|---|---|---|\n| FPN | 50.00 ± 20.00 | 80.00 ± 5.00 |\n"
-        "| FPN (inverted_faf pretraining) | 61.23 ± 10.00 |  |\n")
+        "| Method | 0.1 | 1 |\n|---|---|---|\n| FPN | 50.0 ± 20.0 | 80.0 ± 5.0 |\n"
+        "| FPN (inverted_faf pretraining) | 61.2 ± 10.0 |  |\n\n"
+        "n: 4 visits per cell. Cells: mean ± std over visits (the runs' per-visit summaries; no "
+        "patient map, so no patient-level interval or test).\n")
     assert table_csv(rows).splitlines()[0] == \
         "configuration,ratio,dice_mean,dice_std,test_visits,study"
+    logged = [TableRow("FPN", 0.1, 0.5, 0.2, 6, "s", patients=2, patient_mean=0.55,
+                       ci_low=0.4, ci_high=0.7)]
+    md = table_markdown(logged)
+    assert "| FPN | 55.0 [40.0, 70.0] |" in md
+    assert md.endswith("n: 2 test patients, 6 visits per cell. Cells: mean over patients of each "
+                       "patient's mean over its visits [95% bootstrap CI over patients], as the "
+                       "runs logged them; no tests (the per-visit values are not at hand).\n")
 
 
 @pytest.mark.unit
 def test_one_plot_for_both_tables(tmp_path):
+    """Both tables' plot: the bootstrap interval over patients as error bars (± std over visits
+    for a summary cell without one)."""
     from tune.report import TableRow, plot_table
     from tune.results import build_cells, plot_cells
 
     assert plot_table([TableRow("FPN", 0.1, 0.5, 0.1, 3, "")], tmp_path / "a.png").stat().st_size
-    cells = build_cells({"A": {0.1: {"v1": 0.5, "v2": 0.6}}, "B": {0.1: {"v1": 0.4}}})
+    patients = {"v1": "P1", "v2": "P2", "v3": "P3"}
+    cells = build_cells({"A": {0.1: {"v1": 0.5, "v2": 0.6, "v3": 0.9}, 1.0: {"v1": 0.9}},
+                         "B": {0.1: {"v1": 0.4}}}, patients)
     assert plot_cells(cells, tmp_path / "b.png").stat().st_size
 
 
@@ -130,8 +148,9 @@ def test_one_plot_for_both_tables(tmp_path):
 
 @pytest.mark.unit
 def test_cli_helpers(capsys):
+    from fpn.config import parse_sets
     from fpn.data.store import StoreError
-    from tune.cli import parse_sets, run_command
+    from tune.cli import run_command
 
     assert parse_sets(["a.b=1", "c=[1, 2]", "d=true"]) == {"a.b": 1, "c": [1, 2], "d": True}
     with pytest.raises(ValueError, match="KEY=VALUE"):

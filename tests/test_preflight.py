@@ -58,8 +58,8 @@ def test_missing_init_is_refused_and_leaves_no_running_mlflow_run(synthetic_stor
 
 
 def test_init_of_another_architecture_names_both(synthetic_store, tmp_path):
-    from fpn.inference import save_member
     from fpn.models import create_model
+    from fpn.storage import save_member
     from fpn.training.driver import run_training
 
     member = tmp_path / "other.pt"

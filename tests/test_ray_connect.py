@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _member_file(path: Path) -> Path:
-    from fpn.inference import save_member
     from fpn.models import create_model
+    from fpn.storage import save_member
 
     kwargs = {"in_channels": 1, "out_channels": 1, "width": 0.25}
     save_member(path, create_model("fpn", **kwargs), model_name="fpn", model_kwargs=kwargs,

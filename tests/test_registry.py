@@ -16,9 +16,9 @@ from fpn.registry import (
     champion_status,
     promote,
     register_version,
-    registry_main,
     rollback,
 )
+from fpn.registry_cli import registry_main
 
 
 @pytest.fixture(scope="module")

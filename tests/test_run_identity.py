@@ -62,13 +62,14 @@ def test_identity_covers_what_the_run_learns_not_where_it_runs(synthetic_store, 
 
 
 def test_a_finished_mlflow_run_is_never_reopened(tmp_path):
-    from fpn.tracking import RUN_IDENTITY_TAG, client_for, ensure_experiment, find_or_create_run
+    from fpn import tags as T
+    from fpn.tracking import client_for, ensure_experiment, find_or_create_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = client_for(uri)
     exp = ensure_experiment(client, "fpn", uri)
     first, resumed = find_or_create_run(client, exp, "r", {}, identity="A", reopen_finished=False)
-    assert not resumed and client.get_run(first).data.tags[RUN_IDENTITY_TAG] == "A"
+    assert not resumed and client.get_run(first).data.tags[T.RUN_IDENTITY] == "A"
     again, resumed = find_or_create_run(client, exp, "r", {}, identity="A", reopen_finished=False)
     assert (again, resumed) == (first, True)  # unfinished, same identity: continued
     other, resumed = find_or_create_run(client, exp, "r", {}, identity="B", reopen_finished=False)
@@ -176,7 +177,7 @@ def test_a_run_name_on_another_store_or_config_is_refused(run_x, synthetic_store
 
 
 def test_finished_run_checks_identity_when_asked(tmp_path):
-    from fpn.training.run_record import finished_run
+    from fpn.storage.run_record import finished_run
 
     run_dir = tmp_path / "r"
     run_dir.mkdir()

@@ -177,7 +177,8 @@ def test_registered_versions_and_tags(searched):
 def test_results_table(searched):
     work, _, out = searched
     table = (work / "results" / "table.md").read_text()
-    assert "| Method | 0.5 | 1 |" in table and "±" in table
+    assert "| Method | 0.5 | 1 |" in table
+    assert "test patients" in table and "bootstrap CI over patients" in table  # patient level
     assert "| FPN (inverted_faf pretraining) |" in table
     assert (work / "results" / "table.csv").read_text().count("\n") == 1 + len(RATIOS)
     assert (work / "results" / "dice_vs_ratio.png").stat().st_size > 0
@@ -189,7 +190,7 @@ def check_shared_pretraining(work: Path, *, ratios: int, trials_per_ratio: int) 
     the architecture it drew (callable on a search run by hand)."""
     from mlflow.tracking import MlflowClient
 
-    from fpn.training.run_record import finished_run
+    from fpn.storage.run_record import finished_run
 
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     exp = client.get_experiment_by_name("fpn-search")

@@ -45,27 +45,48 @@ def test_recipe_errors_name_the_recipe_and_the_key(tmp_path):
 
 def test_demo_and_real_data_recipes():
     from tune.config import load_search_config
+    from tune.presets import SEARCH_PRESETS
 
     demo = load_search_config(None, {})
-    assert demo.recipe_name() == "cpu-small" and demo.train_overrides()["data.crop"] == [16, 64]
+    assert demo.preset is SEARCH_PRESETS["demo"]
+    assert demo.recipe_name() == "cpu-small" and demo.train_config().data.crop == (16, 64)
     real = load_search_config(None, {"data": "/data/store.zarr", "train": {"optim.lr": 0.05}})
-    assert real.recipe_name() == "reference" and real.train_overrides() == {"optim.lr": 0.05}
+    assert real.preset is SEARCH_PRESETS["real"]
+    assert real.recipe_name() == "reference" and real.train_config().optim.lr == 0.05
+    assert real.train_config().data.crop == (32, 256)
     tiny = load_search_config(None, {"recipe": "tiny", "train": {"batch_size": 2}})
-    assert tiny.train_overrides()["data.crop"] == [8, 32] and tiny.train_overrides()["batch_size"] == 2
+    assert tiny.train_config().data.crop == (8, 32) and tiny.train_config().batch_size == 2
 
 
-def test_train_tree_is_the_runs_config():
-    from fpn.config import TrainConfig
+def test_the_presets_are_the_defaults_and_their_help():
+    """Every resolved default comes from tune/presets.py, and the help texts say it."""
+    from tune.config import SearchConfig, load_search_config
+    from tune.presets import SEARCH_PRESETS
+
+    for name, data in (("demo", None), ("real", "/data/store.zarr")):
+        preset, cfg = SEARCH_PRESETS[name], load_search_config(None, {"data": data})
+        assert cfg.trials_per_ratio() == preset.trials and cfg.train_epochs() == preset.epochs
+        assert cfg.pretraining_epochs() == preset.pretraining_epochs(preset.epochs)
+        assert cfg.space_file() == preset.space and cfg.recipe_name() == preset.recipe
+        assert (cfg.configurations() == ["none", "inverted_faf"]) == preset.baseline
+    help_text = SearchConfig.model_fields["space"].description
+    assert "tune/demo_space.yaml for the demo, else tune/default_space.yaml" in help_text
+    assert f"{SEARCH_PRESETS['demo'].pretrain_epochs} for the demo" in (
+        SearchConfig.model_fields["pretrain_epochs"].description)
+
+
+def test_train_config_is_the_runs_config():
     from tune.config import load_search_config
 
     cfg = load_search_config(None, {"data": "s3://bucket/store.zarr", "storage": "s3://bucket/ray",
-                                    "workers_per_trial": 2, "train": {"epochs": 99}})
-    tree = cfg.train_tree(task="finetune", target="mask", epochs=3, storage_dir="trials",
-                          cpus_per_worker=0.5, threads=1)
-    tcfg = TrainConfig.model_validate(tree)
+                                    "workers": 2, "train": {"epochs": 99}})
+    tcfg = cfg.train_config(epochs=3, cpus_per_worker=0.5)
     assert tcfg.epochs == 3  # the search's epochs win over an override
     assert tcfg.storage == "s3://bucket/ray/trials" and tcfg.data.store == "s3://bucket/store.zarr"
     assert tcfg.workers == 2 and tcfg.cpus_per_worker == 0.5
+    pre = cfg.train_config(task="pretrain", target="slo", storage_dir="pretrain")
+    assert pre.task == "pretrain" and pre.data.target == "slo" and pre.epochs == 40
+    assert load_search_config(None, {"workers_per_trial": 3}).workers == 3  # the old name
 
 
 # -- the search space ---------------------------------------------------------------------------
@@ -143,11 +164,11 @@ def test_command_line_maps_onto_the_config(tmp_path):
         "--recipe", "tiny", "--set", "optim.lr=0.01", "--set", "data.crop=[8,16]",
         "--mlflow", "sqlite:////tmp/m.db", "--no-promote", "--epochs", "3"])
     cfg = config_from_args(args)
-    assert cfg.ratios == [0.1, 0.5, 1.0] and cfg.workers_per_trial == 2
+    assert cfg.ratios == [0.1, 0.5, 1.0] and cfg.workers == 2
     assert cfg.recipe == "tiny" and cfg.train == {"optim.lr": 0.01, "data.crop": [8, 16]}
     assert cfg.mlflow == "sqlite:////tmp/m.db" and not cfg.promote and cfg.epochs == 3
     same = config_from_args(build_parser().parse_args(["--workers", "2", "--ratios", "1"]))
-    assert same.workers_per_trial == 2 and same.ratios == [1.0]
+    assert same.workers == 2 and same.ratios == [1.0]
 
 
 def test_config_file_then_flags(tmp_path):
@@ -231,7 +252,8 @@ def test_fpn_command_line_bad_input_exits_2(capsys, tmp_path):
     assert main(["finetune", "--epochs", "2"]) == 2
     assert "--data STORE is required" in capsys.readouterr().err
     assert main(["finetune", "--data", "x", "--model-arg", "width"]) == 2
-    assert main(["demo"]) == 2 and "python -m tune.demo" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the demo is orchestration: python -m tune.demo
+        main(["demo"])
 
 
 def test_a_run_at_its_last_epoch_is_never_stopped():

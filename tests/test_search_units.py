@@ -4,6 +4,7 @@ inert knobs and the scratch-vs-pretrained table."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_a_refused_promotion_is_logged_and_the_search_goes_on(tmp_path, capsys):
 
     from fpn.registry import register_version
     from tune.config import load_search_config
-    from tune.search import RatioResult, _promote
+    from tune.search_steps import RatioResult, _promote
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -67,27 +68,29 @@ def test_a_refused_promotion_is_logged_and_the_search_goes_on(tmp_path, capsys):
 
 # -- shared pretraining per architecture ---------------------------------------------------------
 
-def _pretrain_tree(**kwargs) -> dict:
-    return {"task": "pretrain", "model": {"name": "fpn", "kwargs": {"width": 0.25, **kwargs}},
-            "data": {"store": "/x/store.zarr", "target": "inverted_faf"}, "epochs": 2,
-            "seed": 0, "run_name": "ignored", "storage": "/elsewhere", "cpus_per_worker": 1.0}
+def _pretrain_config(**kwargs):
+    from fpn.config import build_train_config
+
+    return build_train_config(None, {
+        "task": "pretrain", "model.name": "fpn", "model.kwargs": {"width": 0.25, **kwargs},
+        "data.store": "/x/store.zarr", "data.target": "inverted_faf", "epochs": 2, "seed": 0,
+        "run_name": "ignored", "storage": "/elsewhere", "cpus_per_worker": 1.0})
 
 
 @pytest.mark.unit
 def test_pretraining_key_is_what_the_pretraining_is():
-    from tune.pretraining import pretraining_key, pretraining_tree
+    from tune.pretraining import pretraining_config, pretraining_key
 
-    a = pretraining_key(_pretrain_tree(depth_convs_offset=-1), "f" * 64)
-    assert a == pretraining_key({**_pretrain_tree(depth_convs_offset=-1), "storage": "s3://b",
-                                 "cpus_per_worker": 0.5, "run_name": "other"}, "f" * 64)
-    assert a != pretraining_key(_pretrain_tree(depth_convs_offset=0), "f" * 64)  # architecture
-    assert a != pretraining_key(_pretrain_tree(depth_convs_offset=-1), "e" * 64)  # store
-    assert a != pretraining_key({**_pretrain_tree(depth_convs_offset=-1), "epochs": 3}, "f" * 64)
-    other_target = _pretrain_tree(depth_convs_offset=-1)
-    other_target["data"]["target"] = "faf"
-    assert a != pretraining_key(other_target, "f" * 64)
-    tree = pretraining_tree(_pretrain_tree(), {"depth_convs_offset": -1})
-    assert tree["model"]["kwargs"] == {"width": 0.25, "depth_convs_offset": -1}
+    base = _pretrain_config(depth_convs_offset=-1)
+    a = pretraining_key(base, "f" * 64)
+    assert a == pretraining_key(base.with_overrides({"storage": "s3://b", "cpus_per_worker": 0.5,
+                                                     "run_name": "other"}), "f" * 64)
+    assert a != pretraining_key(_pretrain_config(depth_convs_offset=0), "f" * 64)  # architecture
+    assert a != pretraining_key(base, "e" * 64)  # store
+    assert a != pretraining_key(base.with_overrides({"epochs": 3}), "f" * 64)
+    assert a != pretraining_key(base.with_overrides({"data.target": "faf"}), "f" * 64)
+    config = pretraining_config(_pretrain_config(), {"depth_convs_offset": -1})
+    assert config.model.kwargs == {"width": 0.25, "depth_convs_offset": -1}
 
 
 def _fake_training(counter: str):
@@ -95,11 +98,11 @@ def _fake_training(counter: str):
     import time
     from types import SimpleNamespace
 
-    def train(tree: dict):
+    def train(config):
         with open(counter, "a") as fh:
-            fh.write(tree["run_name"] + "\n")
+            fh.write(config.run_name + "\n")
         time.sleep(3.0)
-        return SimpleNamespace(run_dir=f"{tree['storage']}/{tree['run_name']}",
+        return SimpleNamespace(run_dir=f"{config.storage}/{config.run_name}",
                                mlflow_run_id="r", best_checkpoints=["ckpt"])
 
     return train
@@ -110,7 +113,7 @@ def _contender(storage: str, counter: str, name: str, out: str) -> None:
 
     from tune.pretraining import ensure_pretrained
 
-    pre = ensure_pretrained(storage, _pretrain_tree(depth_convs_offset=-1), "f" * 64,
+    pre = ensure_pretrained(storage, _pretrain_config(depth_convs_offset=-1), "f" * 64,
                             requester=name, train=_fake_training(counter), poll_s=0.2,
                             log=lambda m: None)
     with open(out, "w") as fh:
@@ -137,12 +140,12 @@ def test_two_trials_needing_one_architecture_at_once_pretrain_it_once(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    key = pretraining_key(_pretrain_tree(depth_convs_offset=-1), "f" * 64)
+    key = pretraining_key(_pretrain_config(depth_convs_offset=-1), "f" * 64)
     assert Path(counter).read_text().split() == [f"pretrain-{key}"]  # trained once
     outs = [json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(2)]
     assert outs[0]["run_dir"] == outs[1]["run_dir"]
     assert sorted(o["reused"] for o in outs) == [False, True]
-    later = ensure_pretrained(storage, _pretrain_tree(depth_convs_offset=-1), "f" * 64,
+    later = ensure_pretrained(storage, _pretrain_config(depth_convs_offset=-1), "f" * 64,
                               requester="trial-9", train=_fake_training(counter))
     assert later.reused and Path(counter).read_text().count("\n") == 1
     assert (tmp_path / "ray" / "pretrain" / key / "pretrained.json").is_file()
@@ -153,16 +156,16 @@ def test_two_trials_needing_one_architecture_at_once_pretrain_it_once(tmp_path):
 def test_a_dead_pretrainer_is_taken_over(tmp_path):
     """A search killed while pretraining leaves a stale lease and no record: after its TTL the
     next trial takes the lease over and pretrains (across a restart of the search)."""
-    from fpn.data.lease import Lease, LeaseOwner
+    from fpn.storage.lease import Lease, LeaseOwner
     from tune.pretraining import ensure_pretrained, pretraining_key
 
     storage, counter = str(tmp_path / "ray"), str(tmp_path / "trained.txt")
-    key = pretraining_key(_pretrain_tree(), "f" * 64)
+    key = pretraining_key(_pretrain_config(), "f" * 64)
     dead = Lease(str(tmp_path / "ray" / "pretrain" / key / ".lease"), ttl_s=1.0,
                  owner=LeaseOwner.current("killed search"))
     dead.acquire()
     dead._stop.set()  # the holder died: no more heartbeats
-    pre = ensure_pretrained(storage, _pretrain_tree(), "f" * 64, requester="trial-1",
+    pre = ensure_pretrained(storage, _pretrain_config(), "f" * 64, requester="trial-1",
                             train=_fake_training(counter), poll_s=0.2, log=lambda m: None)
     assert not pre.reused and Path(counter).read_text().count("\n") == 1
 
@@ -211,40 +214,61 @@ def test_an_inert_knob_is_dropped_with_a_message_or_refused():
 
 @pytest.mark.unit
 def test_the_default_and_demo_spaces_have_only_live_categorical_network_knobs():
-    from tune.config import DEMO_SPACE_FILE
-    from tune.space_check import architectures, check_model_knobs
-    from tune.spaces import default_space, load_space
+    from tune.presets import SEARCH_PRESETS
+    from tune.space_check import check_model_knobs
+    from tune.spaces import load_space
 
-    for space in (default_space(), load_space(DEMO_SPACE_FILE)):
+    demo_space = load_space(SEARCH_PRESETS["demo"].space)
+    for space in (load_space(SEARCH_PRESETS["real"].space), demo_space):
         messages: list[str] = []
         checked = check_model_knobs(space, {"width": 0.5}, "fpn", [64], strict=True,
                                     log=messages.append)
         assert all(s.type == "categorical" for k, s in checked.params.items()
                    if k.startswith("model."))
         assert not messages
-    assert len(architectures(load_space(DEMO_SPACE_FILE))) == 2
+    knobs = [s for k, s in demo_space.params.items() if k.startswith("model.kwargs.")]
+    assert math.prod(len(s.choices) for s in knobs) == 2  # two architectures
 
 
 # -- the main job's table ------------------------------------------------------------------------
 
 @pytest.mark.unit
-def test_the_comparison_table_has_both_rows_and_the_wilcoxon_column():
+def test_the_comparison_table_is_over_patients_against_the_baseline():
+    import csv
+
     from tune.report import comparison_csv, comparison_markdown
 
     visits = [f"v{i}" for i in range(10)]
+    patients = {v: f"P{i // 2}" for i, v in enumerate(visits)}  # 5 patients, 2 visits each
     scratch = {0.1: {v: 0.70 + 0.01 * i for i, v in enumerate(visits)},
                1.0: {v: 0.90 + 0.001 * i for i, v in enumerate(visits)}}
     pretrained = {0.1: {v: 0.80 + 0.012 * i for i, v in enumerate(visits)},
                   1.0: {v: 0.90 + 0.001 * i for i, v in enumerate(visits)}}
-    table = comparison_markdown({"FPN": scratch, "FPN (inverted_faf pretraining)": pretrained})
+    values = {"FPN": scratch, "FPN (inverted_faf pretraining)": pretrained}
+    table = comparison_markdown(values, patients)
     lines = table.splitlines()
-    assert lines[0] == "| Method | 0.1 | Wilcoxon p (0.1) | 1 | Wilcoxon p (1) |"
-    assert lines[2].startswith("| FPN | 74.50 ± 2.87 ** | ref. |")
-    assert lines[3].startswith("| FPN (inverted_faf pretraining) | **85.40 ± 3.45** | 0.00195**")
-    assert lines[3].endswith("| – |")  # identical at ratio 1: the test is undefined
-    csv_text = comparison_csv({"FPN": scratch, "FPN (inverted_faf pretraining)": pretrained})
-    assert "wilcoxon_p_vs_first_row" in csv_text.splitlines()[0]
-    assert len(csv_text.splitlines()) == 5
+    assert lines[0] == "| Method | 0.1 | Δ vs FPN (0.1) | 1 | Δ vs FPN (1) |"
+    assert lines[2].startswith("| FPN | 74.5 [") and lines[2].endswith("| ref. |")
+    assert "**" not in lines[2] + lines[3]  # the reference is the baseline, not the best row
+    # per patient +10.1 ... +10.9 (all one sign): 5 patients give p = 2 / 2^5 = 0.0625 at best,
+    # one comparison in the family (ratio 1 is identical: no test)
+    assert lines[3].startswith("| FPN (inverted_faf pretraining) | 85.4 [")
+    assert "| +10.9 [" in lines[3] and "], p 0.0625 (Holm 0.0625) |" in lines[3]
+    assert lines[3].endswith(", p – |")
+    assert "n: 5 test patients, 10 visits per cell." in table
+    assert "Holm-corrected over the 1 comparison of this table" in table
+    assert "With 5 patients a test cannot give p below 0.0625" in table
+    rows = list(csv.DictReader(comparison_csv(values, patients).splitlines()))
+    assert len(rows) == 4 and "wilcoxon_p_vs_first_row" in rows[0]
+    tested = rows[1] if rows[1]["wilcoxon_p_vs_first_row"] else rows[2]
+    assert (tested["ratio"], tested["test_patients"], tested["test_visits"]) == ("0.1", "5", "10")
+    assert float(tested["wilcoxon_p_vs_first_row"]) == pytest.approx(0.0625)
+    assert float(tested["diff_vs_first_row"]) == pytest.approx(0.109)
+    with pytest.raises(ValueError, match="no patient for visit 'v0'"):
+        comparison_markdown(values, {})
+    alone = comparison_markdown({"FPN": scratch}, patients)  # one row: cells, no comparison
+    assert alone.splitlines()[2].startswith("| FPN | 74.5 [") and "**" not in alone
+    assert "No comparisons" in alone
 
 
 @pytest.mark.unit
@@ -258,7 +282,8 @@ def test_the_demo_searches_scratch_and_pretrained():
     assert load_search_config(None, {"ssl": "none"}).configurations() == ["none"]
     fp = "ab" * 32
     assert demo.study_name(0.1, fp) == "ga-fpn-inverted_faf-abababab-r0.1"
-    assert demo.study_name(0.1, fp, "none") != demo.study_name(0.1, "cd" * 32, "none")
+    scratch = demo.model_copy(update={"ssl": "none"})
+    assert scratch.study_name(0.1, fp) != scratch.study_name(0.1, "cd" * 32)
 
 
 @pytest.mark.integration
@@ -276,7 +301,7 @@ def test_shared_pretraining_on_s3_trains_once(s3_endpoint, tmp_path):
     results = {}
 
     def trial(name: str) -> None:
-        results[name] = ensure_pretrained(storage, _pretrain_tree(), "f" * 64, requester=name,
+        results[name] = ensure_pretrained(storage, _pretrain_config(), "f" * 64, requester=name,
                                           train=_fake_training(counter), poll_s=0.2,
                                           log=lambda m: None)
 
@@ -287,7 +312,7 @@ def test_shared_pretraining_on_s3_trains_once(s3_endpoint, tmp_path):
         t.join(120)
     assert Path(counter).read_text().count("\n") == 1
     assert sorted(p.reused for p in results.values()) == [False, True]
-    key = pretraining_key(_pretrain_tree(), "f" * 64)
+    key = pretraining_key(_pretrain_config(), "f" * 64)
     fs = s3fs.S3FileSystem()
     fs.invalidate_cache()
     assert fs.exists(f"{S3_BUCKET}/search/ray/pretrain/{key}/pretrained.json")

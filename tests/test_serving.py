@@ -32,10 +32,10 @@ MAX_VOXELS = 3 * 8 * 64 * 32  # a batch of three volumes of SHAPE, no more
 def champion(tmp_path_factory) -> tuple[str, str, object]:
     """An (untrained) tiny FPN member logged as the pyfunc ensemble (size limit MAX_VOXELS),
     registered, champion; returns (tracking URI, model URI, the folder)."""
-    from fpn.inference import MODEL_FILE, save_member
     from fpn.models import create_model
     from fpn.registry import promote, register_version
     from fpn.serving import log_ensemble_model
+    from fpn.storage import MODEL_FILE, save_member
     from fpn.tracking import client_for, ensure_experiment
 
     tmp_path = tmp_path_factory.mktemp("serving")
@@ -95,7 +95,8 @@ def test_loading_a_registered_model_leaves_no_copy_behind(champion, tmp_path, mo
     (each load left a copy of the model in the temp dir until 2026-12-04)."""
     import tempfile
 
-    from fpn.inference import load_ensemble, resolve_members
+    from fpn.inference import load_ensemble
+    from fpn.storage import resolve_members
 
     uri, _, _ = champion
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's temp dir only

@@ -197,7 +197,7 @@ def _epochs_logged(cfg: TrainConfig, run_id: str) -> list[int]:
 @pytest.mark.slow
 def test_a_lost_worker_resumes_from_the_last_step_checkpoint(synthetic_store, ray_local,
                                                              tmp_path):
-    from fpn.inference import MODEL_FILE
+    from fpn.storage import MODEL_FILE
     from fpn.training.driver import run_training
     from fpn.training.worker import STATE_FILE, STEP_CHECKPOINT_FILE
 

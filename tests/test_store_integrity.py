@@ -19,8 +19,8 @@ import pytest
 from data_prep.convert import HOLD_ENV, convert, convert_main
 from data_prep.store_writer import lease_location
 from data_prep.validate import validate_main
-from fpn.data.lease import Lease, LeaseOwner, LeaseRecord, read_lease
 from fpn.data.store import open_store
+from fpn.storage.lease import Lease, LeaseOwner, LeaseRecord, read_lease
 from tests.test_convert import PATIENTS, SPLIT, write_reference_source
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from fpn.config import TrainConfig, set_dotted
 from fpn.data.splits import plan_visits, ratio_patients, subset_size
 from fpn.data.store import open_store
-from fpn.inference import MODEL_FILE, load_member_file
+from fpn.storage import MODEL_FILE, load_member_file
 
 TINY_MODEL = {"width": 0.25}
 

@@ -16,8 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["INPUT_ERRORS", "add_ratios", "add_set", "add_workers", "csv_list", "parse_sets",
-           "run_command"]
+__all__ = ["INPUT_ERRORS", "add_ratios", "add_set", "add_workers", "csv_list", "run_command"]
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
@@ -72,22 +71,6 @@ def add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted TrainConfig override for every run, e.g. --set epochs=2 "
                    "--set data.crop=[32,256] (after the recipe)")
-
-
-def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """``["a.b=1", ...]`` -> ``{"a.b": 1}``; values are YAML (numbers, lists, booleans)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"--set {item!r}: not a YAML value: {exc}") from None
-    return out
 
 
 def run_command(prog: str, body: Callable[[], int]) -> int:

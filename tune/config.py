@@ -1,12 +1,12 @@
 """``SearchConfig``: every option of ``python tune/search.py``, typed, from the CLI or ``--config``.
 
-A search config holds the base of every run's :class:`fpn.config.TrainConfig` (a recipe shipped
-in ``fpn/recipes/`` plus ``train`` overrides) and the search space, both checked against
-TrainConfig when the config is made: a typo in a space file or a ``--set`` key fails here, naming
-the key and the file, before Ray starts or anything pretrains.
-
-With no ``data`` the search makes a small synthetic data set in ``workdir`` and uses the
-``cpu-small`` recipe; with real data the ``reference`` recipe (TrainConfig's defaults).
+An option left unset takes its value from the search's preset (:mod:`tune.presets`: ``demo``
+without ``--data``, ``real`` with it). A search config holds what every run of the search
+starts from: the recipe (``fpn/recipes/``) and the ``train`` overrides (``--set``), built into a
+:class:`fpn.config.TrainConfig` by :meth:`SearchConfig.train_config` (through
+:func:`fpn.config.build_train_config`, as every entry point does), and the search space; both
+are checked against TrainConfig when the config is made, so a typo in a space file or a
+``--set`` key fails here, naming the key and the file, before Ray starts or anything pretrains.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,33 +25,21 @@ from pydantic import (
     model_validator,
 )
 
-from fpn.config import (
-    TrainConfig,
-    absolute_location,
-    absolute_tracking_uri,
-    read_yaml_mapping,
-    set_dotted,
-    validation_problem,
-)
-from fpn.recipes import recipe_overrides
-from tune.spaces import DEFAULT_SPACE_FILE, SearchSpace, load_space
+from fpn.config import TrainConfig, build_train_config, read_yaml_mapping
+from fpn.storage import absolute_location, absolute_tracking_uri, join_location
+from tune.core import row_label
+from tune.presets import SEARCH_PRESETS, SearchPreset, search_preset_help
+from tune.spaces import SearchSpace, load_space
 
-__all__ = ["DEMO_RECIPE", "DEMO_SHAPE", "SearchConfig", "load_search_config"]
+__all__ = ["SearchConfig", "load_search_config"]
 
 SSL = Literal["inverted_faf", "faf", "slo", "none"]
-
-#: (S, D, W) of the demo's synthetic volumes
-DEMO_SHAPE: tuple[int, int, int] = (16, 64, 128)
-#: the search space of the demo search: two architectures, shared pretrainings
-DEMO_SPACE_FILE = Path(__file__).with_name("demo_space.yaml")
-#: the recipe (fpn/recipes/) of the demo search: within ~15 minutes on 2 CPU cores
-DEMO_RECIPE = "cpu-small"
 
 
 class SearchConfig(BaseModel):
     """One search: which data, which network and pretraining, which ratios, how many trials."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
     _space: SearchSpace | None = PrivateAttr(None)
 
     data: str | None = Field(None, description="store path/URL; None: a synthetic demo store")
@@ -62,36 +51,41 @@ class SearchConfig(BaseModel):
                                    "skips pretraining")
     ratios: list[float] = Field(default_factory=lambda: [0.1, 1.0])
     trials: int | None = Field(None, ge=1, description="trials per ratio and configuration "
-                               "(default: 3 for the demo, else 4)")
+                               + search_preset_help("trials"))
     baseline: bool | None = Field(
         None, description="also search the network from scratch (ssl none), the table's "
-        "baseline row, compared with the pretrained row per ratio (default: on for the demo)")
+        "baseline row, compared with the pretrained row per ratio "
+        + search_preset_help("baseline"))
     strict_space: bool = Field(False, description="refuse (instead of dropping with a warning) "
                                "a network knob that cannot change the network at the store's "
                                "depth")
     max_concurrent: int | None = Field(None, ge=1, description="default: from the resources")
-    workers_per_trial: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, validation_alias=AliasChoices("workers", "workers_per_trial"),
+                         description="Ray Train workers per trial")
     gpus_per_worker: float = Field(0.0, ge=0.0)
     cpus_per_worker: float | None = Field(None, gt=0.0, description="default: fill the CPUs")
-    epochs: int | None = Field(None, ge=1, description="default: 3 for the demo, else 40")
-    pretrain_epochs: int | None = Field(None, ge=1, description="default: 6 for the demo, else epochs")
+    epochs: int | None = Field(None, ge=1, description="fine-tuning epochs per trial "
+                               + search_preset_help("epochs"))
+    pretrain_epochs: int | None = Field(None, ge=1, description="pretraining epochs "
+                                        + search_preset_help("pretrain_epochs")
+                                        + "; none: as many as epochs")
     grace_period: int | None = Field(
         None, ge=1, description="ASHA: epochs before a trial can be stopped (default: half the "
         "epochs; earlier validation Dice ranks trials poorly, benchmarks/README.md)")
-    space: str | None = Field(None, description="YAML search space (default tune/default_space.yaml)")
+    space: str | None = Field(None, description="YAML search space "
+                              + search_preset_help("space"))
     storage: str | None = Field(None, description="Ray storage path or URL (default workdir/ray)")
     mlflow: str | None = Field(None, description="MLflow URI (default sqlite in workdir)")
     study_db: str | None = Field(None, description="Optuna storage URL (default sqlite in workdir)")
     experiment: str = "fpn-search"
     seed: int = 0
     recipe: str | None = Field(None, description="training recipe: a name in fpn/recipes/ or a "
-                               "YAML file (default: cpu-small for the demo, else reference)")
+                               "YAML file " + search_preset_help("recipe"))
     train: dict[str, Any] | None = Field(None, description="TrainConfig overrides, dotted keys")
     promote: bool = Field(True, description="promote the best version with the registry gate")
     min_crops_per_epoch: int | None = Field(
         None, ge=1, description="raise data.multiplier at scarce ratios so that an epoch has at "
-        "least this many crops (default: 48 for the demo, none otherwise: the reference recipe "
-        "draws multiplier x volumes crops, which at ratio 0.1 of a small store is a handful)")
+        "least this many crops " + search_preset_help("min_crops_per_epoch"))
     num_cpus: int | None = Field(None, ge=1, description="local Ray CPUs (default: all)")
 
     @field_validator("data", "pretrained")
@@ -112,10 +106,15 @@ class SearchConfig(BaseModel):
             raise ValueError(f"ratios must be in (0, 1], got {v}")
         return sorted(set(v))
 
-    # -- resolved values -----------------------------------------------------------------------
+    # -- the preset and what it resolves -------------------------------------------------------
     @property
     def is_demo(self) -> bool:
         return self.data is None
+
+    @property
+    def preset(self) -> SearchPreset:
+        """The defaults of this kind of search (:data:`tune.presets.SEARCH_PRESETS`)."""
+        return SEARCH_PRESETS["demo" if self.is_demo else "real"]
 
     def work_path(self) -> Path:
         return Path(self.workdir).expanduser().resolve()
@@ -133,61 +132,58 @@ class SearchConfig(BaseModel):
         return self.study_db or f"sqlite:///{self.work_path() / 'optuna.db'}"
 
     def crops_floor(self) -> int | None:
-        return self.min_crops_per_epoch or (48 if self.is_demo else None)
+        return self.min_crops_per_epoch or self.preset.min_crops_per_epoch
+
+    def train_epochs(self) -> int:
+        return self.epochs or self.preset.epochs
 
     def pretraining_epochs(self) -> int:
-        return self.pretrain_epochs or (4 if self.is_demo else self.train_epochs())
+        return self.pretrain_epochs or self.preset.pretraining_epochs(self.train_epochs())
 
     def trials_per_ratio(self) -> int:
-        return self.trials or (3 if self.is_demo else 4)
+        return self.trials or self.preset.trials
 
     def configurations(self) -> list[str]:
         """The SSL targets searched, one table row each: from scratch first when it is the
         baseline of a pretrained search."""
-        with_baseline = self.baseline if self.baseline is not None else self.is_demo
+        with_baseline = self.baseline if self.baseline is not None else self.preset.baseline
         if self.ssl == "none" or self.pretrained or not with_baseline:
             return [self.ssl]
         return ["none", self.ssl]
 
     def space_file(self) -> Path:
-        if self.space:
-            return Path(self.space)
-        return DEMO_SPACE_FILE if self.is_demo else DEFAULT_SPACE_FILE
-
-    def train_epochs(self) -> int:
-        return self.epochs or (3 if self.is_demo else 40)
+        return Path(self.space) if self.space else self.preset.space
 
     def asha_grace(self) -> int:
         return self.grace_period or max(1, self.train_epochs() // 2)
 
     def recipe_name(self) -> str:
-        return self.recipe or (DEMO_RECIPE if self.is_demo else "reference")
+        return self.recipe or self.preset.recipe
 
-    def train_overrides(self) -> dict[str, Any]:
-        """The recipe's values, then ``train``'s (dotted keys)."""
-        return {**recipe_overrides(self.recipe_name()), **(self.train or {})}
+    # -- the runs' config ------------------------------------------------------------------------
+    def train_config(self, *, task: str = "finetune", target: str = "mask",
+                     epochs: int | None = None, storage_dir: str = "trials",
+                     cpus_per_worker: float = 1.0, threads: int = 1) -> TrainConfig:
+        """The TrainConfig every run of this search starts from (:func:`build_train_config`):
+        its recipe, then the search's own values (store, network, seed, workers, storage,
+        tracking), then ``train`` (``--set``); ``task``, ``target`` and ``epochs`` (default:
+        the fine-tuning epochs) are the search's, whatever the overrides say.
 
-    def train_tree(self, *, task: str, target: str, epochs: int, storage_dir: str,
-                   cpus_per_worker: float, threads: int, store: str | None = None,
-                   ) -> dict[str, Any]:
-        """The TrainConfig tree of a run of this search (its recipe, overrides and resources);
-        ``task``, ``target`` and ``epochs`` are the search's, whatever the overrides say."""
-        storage = self.storage_path()
-        tree: dict[str, Any] = {
-            "task": task,
-            "data": {"store": store or self.store_path(), "target": target,
-                     "subset_seed": self.seed},
-            "model": {"name": self.model, "kwargs": {}}, "epochs": epochs, "seed": self.seed,
-            "workers": self.workers_per_trial, "gpus_per_worker": self.gpus_per_worker,
-            "cpus_per_worker": cpus_per_worker, "threads_per_worker": threads,
-            "storage": f"{storage.rstrip('/')}/{storage_dir}" if "://" in storage
-            else str(Path(storage) / storage_dir),
+        Raises:
+            ValueError: a bad recipe or override, naming the key.
+        """
+        search = {
+            "data.store": self.store_path(), "data.subset_seed": self.seed,
+            "model.name": self.model, "seed": self.seed, "workers": self.workers,
+            "gpus_per_worker": self.gpus_per_worker, "cpus_per_worker": cpus_per_worker,
+            "threads_per_worker": threads,
+            "storage": join_location(self.storage_path(), storage_dir),
             "mlflow": self.tracking_uri(), "experiment": self.experiment,
         }
-        for dotted, value in self.train_overrides().items():
-            set_dotted(tree, dotted, value)
-        tree["task"], tree["data"]["target"], tree["epochs"] = task, target, epochs
-        return tree
+        fixed = {"task": task, "data.target": target, "epochs": epochs or self.train_epochs()}
+        return build_train_config(self.recipe_name(), search, self.train, fixed,
+                                  where=f"train settings (recipe {self.recipe_name()!r}, "
+                                  "then --set/train)")
 
     def search_space(self) -> SearchSpace:
         """The search space, loaded and checked against TrainConfig when the config was made."""
@@ -196,36 +192,25 @@ class SearchConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_train_and_space(self) -> SearchConfig:
-        tree = self.train_tree(task="finetune", target="mask", epochs=self.train_epochs(),
-                               storage_dir="trials", cpus_per_worker=1.0, threads=1)
-        try:
-            TrainConfig.model_validate(tree)
-        except ValidationError as exc:
-            raise ValueError(f"train settings (recipe {self.recipe_name()!r}, then --set/train): "
-                             f"{validation_problem(exc)}") from None
+        base = self.train_config()
         space_file = self.space_file()
         space = load_space(space_file)
-        space.check_against(tree, where=str(space_file))
+        space.check_against(base.model_dump(mode="json"), where=str(space_file))
         self._space = space
         return self
 
+    # -- names -----------------------------------------------------------------------------------
     def registered_name(self) -> str:
         return f"{self.task}-{self.model}"
 
-    def ssl_label(self) -> str:
-        return "none" if self.ssl == "none" else self.ssl
-
-    def study_name(self, ratio: float, fingerprint: str, ssl: str | None = None) -> str:
+    def study_name(self, ratio: float, fingerprint: str) -> str:
         """The Optuna study, Tune experiment and parent run of one ratio on one store: keyed by
         the store's fingerprint, so a search on other data never reuses this one's trials."""
-        return f"{self.task}-{self.model}-{ssl or self.ssl}-{fingerprint[:8]}-r{ratio:g}"
+        return f"{self.task}-{self.model}-{self.ssl}-{fingerprint[:8]}-r{ratio:g}"
 
     def configuration_label(self) -> str:
-        """The table's row name, e.g. ``FPN`` or ``FPN (inverted_faf pretraining)``."""
-        base = self.model.upper() if self.model in ("fpn", "ipn") else self.model
-        if self.ssl == "none":
-            return base
-        return f"{base} ({'pretrained' if self.pretrained else self.ssl} pretraining)"
+        """The table's row name (:func:`tune.core.row_label`), e.g. ``FPN (FAF pretraining)``."""
+        return row_label(self.model, self.ssl, pretrained_from=self.pretrained)
 
 
 def load_search_config(path: str | Path | None, overrides: dict[str, Any]) -> SearchConfig:
@@ -234,6 +219,8 @@ def load_search_config(path: str | Path | None, overrides: dict[str, Any]) -> Se
     given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(raw.get("train"), dict) and "train" in given:  # --set adds to the file's
         given["train"] = {**raw["train"], **given["train"]}
+    if "workers_per_trial" in raw and "workers" in given:  # the flag wins over the file's alias
+        raw.pop("workers_per_trial")
     raw.update(given)
     try:
         return SearchConfig.model_validate(raw)

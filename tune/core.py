@@ -4,28 +4,28 @@ table (``tune/experiments``).
 - :func:`plan_resources`: how many training runs fit the cluster at once, and the CPUs of each
   Train worker (the driver resource and the per-run driver CPU are defined here, once).
 - :func:`driver_resources`: what each run's driver (a Tune trial or a Ray task) holds.
-- :func:`fpn.training.run_record.finished_run`: "is this run finished?" for local paths and
+- :func:`fpn.storage.run_record.finished_run`: "is this run finished?" for local paths and
   object stores alike (re-exported here).
 - :func:`evaluate_run`: a run's k-best ensemble on the test split -> per-visit records and test
   metrics, logged on its MLflow run, cached, and (given a :class:`Registration`) registered.
 - :func:`make_synthetic_store`: the demo's synthetic store, made once.
+- :func:`row_label`: the one name of a table row (a network and its pretraining), in the
+  search's table and the paper table alike.
 - :mod:`tune.results`: the results table and plot.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fpn import tags as T
-from fpn.training.run_record import RunRecord, finished_run, read_run_record
+from fpn.storage import RunRecord, finished_run, read_run_record, write_atomic
+from tune.presets import SyntheticStore
 
 __all__ = [
     "DRIVER_CPU",
@@ -41,9 +41,24 @@ __all__ = [
     "make_synthetic_store",
     "plan_resources",
     "read_run_record",
-    "test_keys_sha",
-    "write_atomic",
+    "row_label",
 ]
+
+#: the poster's names of the networks
+METHOD_NAMES = {"fpn": "FPN", "resensnet": "ReSensNet", "lachinov": "Lachinov et al.",
+                "ipn": "IPN", "ipnv2": "IPNv2"}
+#: how a pretraining target is named in a row label, as the poster names it
+SSL_LABELS = {"inverted_faf": "FAF", "faf": "raw FAF", "slo": "SLO"}
+
+
+def row_label(model: str, ssl: str, *, pretrained_from: str | None = None) -> str:
+    """The table row of a network and its pretraining, as the poster writes it: ``FPN``,
+    ``FPN (FAF pretraining)``, ``Lachinov et al. (SLO pretraining)``; a network fine-tuned from
+    a given pretrained model (the search's ``--pretrained``): ``FPN (pretrained)``."""
+    name = METHOD_NAMES.get(model, model)
+    if pretrained_from:
+        return f"{name} (pretrained)"
+    return name if ssl == "none" else f"{name} ({SSL_LABELS.get(ssl, ssl)} pretraining)"
 
 #: CPU held by each run's driver (a Tune trial's function or a Ray task); its Train workers hold
 #: their own CPUs in their own placement group
@@ -124,11 +139,10 @@ def driver_resources() -> dict[str, float]:
 
 # -- the demo's data ------------------------------------------------------------------------------
 
-def make_synthetic_store(folder: str | Path, *, shape: tuple[int, int, int], visits: int,
-                         patients: int = 12, unlabelled: int = 4, seed: int = 0,
+def make_synthetic_store(folder: str | Path, spec: SyntheticStore, *, seed: int = 0,
                          num_cpus: int | None = None, log: Callable[[str], None] = print) -> str:
-    """``FOLDER/source`` (a synthetic source) and ``FOLDER/store.zarr``, each made only when
-    missing or incomplete; returns the store's path."""
+    """``FOLDER/source`` (the synthetic source a preset asks for, ``spec``) and
+    ``FOLDER/store.zarr``, each made only when missing or incomplete; returns the store's path."""
     from data_prep.convert import convert
     from data_prep.synthetic import make_synthetic_dataset
     from fpn.data.store import StoreError, open_store
@@ -143,8 +157,8 @@ def make_synthetic_store(folder: str | Path, *, shape: tuple[int, int, int], vis
         pass
     if not (source / "split.json").is_file():
         log(f"making a synthetic data set in {source}")
-        make_synthetic_dataset(source, patients=patients, unlabelled=unlabelled, shape=shape,
-                               visits=visits, seed=seed, overwrite=True)
+        make_synthetic_dataset(source, patients=spec.patients, unlabelled=spec.unlabelled,
+                               shape=spec.shape, visits=spec.visits, seed=seed, overwrite=True)
     log(f"converting it to the store {store}")
     stats = convert(str(source), str(store), progress=False, num_cpus=num_cpus)
     if not stats.ok:
@@ -153,11 +167,6 @@ def make_synthetic_store(folder: str | Path, *, shape: tuple[int, int, int], vis
 
 
 # -- a run's test evaluation ---------------------------------------------------------------------
-
-def test_keys_sha(keys: list[str]) -> str:
-    """A short digest of the test visits' keys: which test set a number was measured on."""
-    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
-
 
 @dataclass
 class Registration:
@@ -225,39 +234,12 @@ def _cached(path: Path, run_id: str) -> Evaluation | None:
 
 
 def _evaluate(record: RunRecord, store: Any, uri: str, out: Path) -> Evaluation:
-    import csv
-
-    from mlflow.entities import Metric
-
-    from fpn.evaluation import evaluate_ensemble
+    from fpn.evaluation import evaluate_split
     from fpn.inference import load_ensemble
-    from fpn.tracking import RunLogger, client_for
 
-    keys = [v.key for v in store.visits_for(splits="test", require="mask")]
-    if not keys:
-        raise ValueError(f"{store.location}: no 'test' visits with a mask")
-    ensemble = load_ensemble(record.run_dir, uri)
-    metrics = evaluate_ensemble(ensemble, store, keys)
-    records = [{**r, "area_error_mm2": abs(r["area_pred_mm2"] - r["area_true_mm2"])}
-               for r in metrics.records]
-    agg = metrics.aggregate()
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "eval_test.csv"
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(records[0]), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(records)
-    os.replace(tmp, csv_path)
-    summary = {"split": "test", "members": len(ensemble), "store_fingerprint": store.fingerprint,
-               **agg, "csv": str(csv_path)}
-    now = int(time.time() * 1000)
-    client_for(uri).log_batch(record.mlflow_run_id, metrics=[
-        Metric(f"test/{k}", float(v), now, 0) for k, v in agg.items() if math.isfinite(v)])
-    logger = RunLogger(uri, record.mlflow_run_id)
-    logger.set_tags({T.split_store_fingerprint("test"): store.fingerprint})
-    logger.log_file(csv_path, "evaluation")
-    return Evaluation(record.mlflow_run_id, records, summary, test_keys_sha(keys))
+    result = evaluate_split(load_ensemble(record.run_dir, uri), store, "test", out,
+                            tracking_uri=uri, run_id=record.mlflow_run_id)
+    return Evaluation(record.mlflow_run_id, result.records, result.summary, result.keys_sha)
 
 
 def _register(record: RunRecord, store: Any, evaluation: Evaluation, uri: str,
@@ -270,12 +252,12 @@ def _register(record: RunRecord, store: Any, evaluation: Evaluation, uri: str,
         return None
     s = evaluation.summary
     tags = {
-        "val_dice": f"{record.best_score:.6f}",
-        "test_dice": f"{float(s.get('dice_mean', math.nan)):.6f}",
-        "test_dice_std": f"{float(s.get('dice_std', math.nan)):.6f}",
-        "store_fingerprint": store.fingerprint, "test_split": "test",
-        "test_keys_sha": evaluation.test_keys_sha, "git_revision": git_revision(),
-        "mlflow_run_id": record.mlflow_run_id, **registration.tags,
+        T.VERSION_VAL_DICE: f"{record.best_score:.6f}",
+        T.VERSION_TEST_DICE: f"{float(s.get('dice_mean', math.nan)):.6f}",
+        T.VERSION_TEST_DICE_STD: f"{float(s.get('dice_std', math.nan)):.6f}",
+        T.VERSION_STORE_FINGERPRINT: store.fingerprint, T.VERSION_TEST_SPLIT: "test",
+        T.VERSION_TEST_KEYS_SHA: evaluation.test_keys_sha, T.VERSION_GIT_REVISION: git_revision(),
+        T.VERSION_MLFLOW_RUN_ID: record.mlflow_run_id, **registration.tags,
     }
     card = registration.card(tags, evaluation) if registration.card else ""
     if card:
@@ -284,12 +266,3 @@ def _register(record: RunRecord, store: Any, evaluation: Evaluation, uri: str,
                           tags=tags, description=card)
     log(f"{record.run_name}: registered {registration.name} version {mv.version}")
     return str(mv.version)
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write a whole local file: to a temporary name, then renamed over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -2,9 +2,10 @@
 
 synthetic source -> Zarr store -> inverted-FAF pretraining -> fine-tuning (with and without the
 pretraining) -> test evaluation -> predicted masks. Every step is skipped when its output is
-already there, so a re-run only does what is missing. The recipe is ``fpn/recipes/quick.yaml``
-(the paper table's ``quick`` preset's) with DataLoader workers, overlays and a logged model.
-It lives on the orchestration side: it makes data (``data_prep``) and trains (``fpn``).
+already there, so a re-run only does what is missing. Its defaults (the ``quick`` recipe, the
+paper table's, with a DataLoader worker, overlays and a logged model; epochs, ratio, store) are
+:data:`tune.presets.DEMO_SLICE`. It lives on the orchestration side: it makes data
+(``data_prep``) and trains (``fpn``).
 """
 
 from __future__ import annotations
@@ -16,25 +17,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fpn.config import TrainConfig, set_dotted
-from fpn.recipes import recipe_overrides
+from fpn.config import TrainConfig, build_train_config
+from tune.presets import DEMO_SLICE
 
 __all__ = ["demo_config", "demo_main"]
 
 
 def demo_config(store: str, out: Path, task: str, **over) -> TrainConfig:
-    """The ``quick`` recipe (half-width FPN, (16, 128) crops, AdamW) with one DataLoader worker,
-    overlays every 5 epochs and a logged model."""
-    tree = {
-        "task": task,
-        "data": {"store": store, "target": "inverted_faf" if task == "pretrain" else "mask"},
-        "model": {"name": "fpn", "kwargs": {}}, "workers": 1,
-        "storage": str(out / "runs"), "mlflow": f"sqlite:///{(out / 'mlflow.db').resolve()}",
-    }
-    demo = {"data.loader_workers": 1, "overlay_every": 5, "log_model": True}
-    for k, v in {**recipe_overrides("quick"), **demo, **over}.items():
-        set_dotted(tree, k, v)
-    return TrainConfig.model_validate(tree)
+    """A run of the demo: :data:`tune.presets.DEMO_SLICE`'s recipe and values, its store and
+    folder, then ``over`` (dotted keys)."""
+    where = {"task": task, "data.store": store,
+             "data.target": "inverted_faf" if task == "pretrain" else "mask",
+             "model.name": "fpn", "workers": 1, "storage": str(out / "runs"),
+             "mlflow": f"sqlite:///{(out / 'mlflow.db').resolve()}"}
+    return build_train_config(DEMO_SLICE.recipe, DEMO_SLICE.overrides, where, over)
 
 
 def demo_main(argv: Sequence[str] | None = None) -> int:
@@ -43,8 +39,10 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tune.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", "--workdir", dest="out", default="fpn_demo",
                         help="folder for data, runs and MLflow")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--ratio", type=float, default=0.25)
+    parser.add_argument("--epochs", type=int, default=DEMO_SLICE.epochs,
+                        help="epochs of each run (default %(default)s)")
+    parser.add_argument("--ratio", type=float, default=DEMO_SLICE.ratio,
+                        help="labelled-data ratio of the fine-tunings (default %(default)s)")
     add_workers(parser, default=1)
     args = parser.parse_args(argv)
     return run_command("demo", lambda: _demo(args))
@@ -59,7 +57,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise ValueError("--ratio must be in (0, 1], --epochs and --workers >= 1")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    store = make_synthetic_store(out / "data", shape=(16, 64, 128), visits=3)
+    store = make_synthetic_store(out / "data", DEMO_SLICE.store)
     # a laptop run uses every core: each worker gets its share of CPUs (and as many threads)
     common = {"epochs": args.epochs, "workers": args.workers,
               "cpus_per_worker": max(1.0, float((os.cpu_count() or 1) // args.workers))}

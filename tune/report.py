@@ -1,9 +1,19 @@
 """What a search reports: the study summary and trial plot of each ratio, the results table.
 
-The table has the poster's format: one row per configuration (``FPN``, ``FPN (inverted_faf
-pretraining)``, ...), one column per labelled-data ratio, cells ``mean ± std`` of the test Dice
-in percent over test visits. It is built from every search parent run in the MLflow experiment,
-so that searches run one after the other (with and without pretraining) fill one table.
+The main job's table (:func:`comparison_markdown`) compares the configurations of this search
+(``FPN``, ``FPN (inverted_faf pretraining)``, ...; the first, the baseline, is the reference) on
+the test split, one column per labelled-data ratio, at the patient level (:mod:`tune.results`,
+:mod:`fpn.stats`): a cell is the test Dice in % as the mean over test patients of each
+patient's mean over its visits, with a 95% bootstrap interval over patients; beside it, the
+mean per-patient difference to the baseline with its interval and the Wilcoxon signed-rank p
+over patients, Holm-corrected over the table's comparisons. The unit is the patient because
+visits of one patient are not independent: the demo's test split of 6 visits of 2 patients is
+n = 2, and the table says so (and that 2 patients cannot give p < 0.05) under it.
+
+Without per-visit values (earlier searches, read back from the MLflow experiment), the summary
+table (:func:`table_markdown`) prints each (configuration, ratio) as its run logged it: the
+patient-level mean and interval where the run logged them (``test/dice_patient_*``), else the
+poster's mean ± std over visits, and no test.
 """
 
 from __future__ import annotations
@@ -49,6 +59,10 @@ class TableRow:
     dice_std: float
     visits: int
     study: str
+    patients: int = 0  #: test patients, when the run logged its patient-level summary
+    patient_mean: float = math.nan  #: mean over patients of each patient's mean Dice
+    ci_low: float = math.nan  #: its 95% bootstrap interval over patients
+    ci_high: float = math.nan
 
 
 def study_summary(study: Any) -> str:
@@ -115,78 +129,130 @@ def collect_rows(client: Any, experiment_id: str, task: str, model: str,
         ratio = float(t.get(T.RATIO, "nan"))
         key = (t.get(T.CONFIGURATION, "?"), ratio)
         cells[key] = TableRow(key[0], ratio, m["test/dice_mean"], m.get("test/dice_std", math.nan),
-                              int(m.get("test/visits", 0)), t.get(T.STUDY, ""))
+                              int(m.get("test/visits", 0)), t.get(T.STUDY, ""),
+                              int(m.get("test/patients", 0)),
+                              m.get("test/dice_patient_mean", math.nan),
+                              m.get("test/dice_patient_ci_low", math.nan),
+                              m.get("test/dice_patient_ci_high", math.nan))
     return sorted(cells.values(), key=lambda r: (r.configuration, r.ratio))
 
 
 def search_cells(rows: Sequence[TableRow]) -> list[Cell]:
     """The rows as table cells, in the search table's order (shorter configuration names
-    first, e.g. ``FPN`` before ``FPN (inverted_faf pretraining)``; ratios ascending)."""
+    first, e.g. ``FPN`` before ``FPN (inverted_faf pretraining)``; ratios ascending). A row
+    whose run logged the patient-level summary carries its patients and interval."""
     ordered = sorted(sorted(rows, key=lambda r: (r.configuration, r.ratio)),
                      key=lambda r: len(r.configuration))
-    return [plain_cell(r.configuration, r.ratio, r.dice_mean, r.dice_std, r.visits)
+    return [plain_cell(r.configuration, r.ratio,
+                       r.patient_mean if r.patients else r.dice_mean,
+                       r.dice_std, r.visits, patients=r.patients, ci_low=r.ci_low,
+                       ci_high=r.ci_high)
             for r in ordered]
 
 
 def table_markdown(rows: Sequence[TableRow]) -> str:
-    """The poster's table: configurations x ratios, ``mean ± std`` test Dice in %."""
+    """The summary table of every search of this task, model and store, read back from MLflow:
+    configurations x ratios, test Dice in %: the patient-level mean and 95% interval where the
+    run logged them, else mean ± std over visits; no tests (no per-visit values here); the n
+    line under it."""
     return results.table_markdown(search_cells(rows), scale=100.0)
 
 
-def comparison_cells(values: Mapping[str, Mapping[float, Mapping[str, float]]]) -> list[Cell]:
-    """Cells of per-visit test Dice ``{row: {ratio: {visit: dice}}}``: mean ± std over the test
-    visits, the best row of each ratio bold, the others starred by the paired Wilcoxon test."""
-    return results.build_cells(values, higher_is_better=True)
+#: ``{configuration: {ratio: {visit: test Dice}}}``: the search's per-visit values
+SearchValues = Mapping[str, Mapping[float, Mapping[str, float]]]
 
 
-def comparison_markdown(values: Mapping[str, Mapping[float, Mapping[str, float]]]) -> str:
-    """The main job's table: one row per configuration (the baseline, e.g. from scratch,
-    first), per ratio a column of test Dice in % (mean ± std over test visits) and a column
-    ``Wilcoxon p (RATIO)``: the two-sided paired Wilcoxon signed-rank test (over the test
-    visits) of the row against the first row; ``ref.`` on the first row, ``–`` when the test is
-    undefined (no paired visit, or all differences zero). With one row, no test: the plain
-    table."""
-    cells = comparison_cells(values)
+def comparison_cells(values: SearchValues, patients: Mapping[str, str]) -> list[Cell]:
+    """Cells of per-visit test Dice at the patient level (:mod:`tune.results`): each row
+    compared with the first row (the baseline) of its ratio, Holm over the table.
+
+    Args:
+        values: ``{row: {ratio: {visit: dice}}}``, the baseline row first.
+        patients: ``{visit: patient id}`` of the test split.
+    """
+    return results.build_cells(values, patients, higher_is_better=True, reference="first")
+
+
+def comparison_markdown(values: SearchValues, patients: Mapping[str, str]) -> str:
+    """The main job's table, at the patient level.
+
+    One row per configuration (the baseline, e.g. from scratch, first); per ratio a column of
+    test Dice in % (mean over patients of each patient's mean over its test visits, with its
+    95% bootstrap interval over patients) and a column ``Δ vs BASELINE (RATIO)``: the mean over
+    patients of the per-patient difference to the first row with its interval, and the
+    two-sided Wilcoxon signed-rank p over patients, Holm-corrected over the comparisons of the
+    table (stars from it); ``ref.`` on the first row, ``–`` when the test is undefined. Under
+    it the n line (test patients, visits) and the legend, which says when the number of
+    patients cannot give p < 0.05. With one row: the cells and the n line, no comparison.
+
+    Args:
+        values: ``{row: {ratio: {visit: dice}}}``, the baseline row first.
+        patients: ``{visit: patient id}`` of the test split.
+    """
+    cells = comparison_cells(values, patients)
     rows = list(values)
     if len(rows) < 2:  # nothing to compare: no bold, no stars
-        return results.table_markdown([plain_cell(c.row, c.ratio, c.mean, c.std, c.visits)
-                                       for c in cells], scale=100.0)
+        return results.table_markdown(cells, scale=100.0, bold_best=False)
     ratios = sorted({c.ratio for c in cells})
     by_key = {(c.row, c.ratio): c for c in cells}
+    baseline = rows[0]
     head = ["Method"]
     for r in ratios:
-        head += [f"{r:g}", f"Wilcoxon p ({r:g})"]
+        head += [f"{r:g}", f"Δ vs {baseline} ({r:g})"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (2 * len(ratios))]
-    baseline = rows[0] if rows else None
+    # each column's reference: the first row with values there (the baseline, unless it lacks it)
+    references = {r: next((row for row in rows if (row, r) in by_key
+                           and by_key[(row, r)].patients > 0), None) for r in ratios}
     for row in rows:
         texts = [row]
         for r in ratios:
             cell = by_key.get((row, r))
-            texts.append("" if cell is None else results._cell_text(cell, 100.0, 2))
-            if row == baseline:
-                texts.append("ref.")
-            elif cell is None or r not in values[baseline]:
-                texts.append("")
-            else:
-                p = results.paired_wilcoxon(values[row][r], values[baseline][r])
-                texts.append("–" if p is None else f"{p:.3g}{results.stars_for(p)}")
+            texts.append("" if cell is None else
+                         results.cell_text(cell, scale=100.0, stars=False, bold_best=False))
+            texts.append(_difference_text(cell, is_reference=row == references.get(r)))
         lines.append("| " + " | ".join(texts) + " |")
-    return "\n".join(lines) + "\n"
+    notes = results.table_notes(cells, reference=f"the first row ({baseline})")
+    return "\n".join(lines) + "\n\n" + notes
 
 
-def comparison_csv(values: Mapping[str, Mapping[float, Mapping[str, float]]]) -> str:
-    """One line per cell: configuration, ratio, mean, std (fractions), visits, the Wilcoxon p
-    against the first row."""
+def _difference_text(cell: Cell | None, *, is_reference: bool) -> str:
+    """``+69.8 [59.1, 80.0], p 0.0625 (Holm 0.125)``; ``ref.`` on the reference row."""
+    if cell is None:
+        return ""
+    if is_reference:
+        return "ref."
+    if cell.comparison is None:
+        return ""
+    cmp = cell.comparison
+    ci = results.interval_text(cmp.interval.low, cmp.interval.high, 100.0, 1)
+    if cell.p_value is None:
+        return f"{100.0 * cmp.difference:+.1f} {ci}, p –"
+    return (f"{100.0 * cmp.difference:+.1f} {ci}, p {cell.p_value:.3g} "
+            f"(Holm {cell.p_holm:.3g}){cell.stars}")
+
+
+def comparison_csv(values: SearchValues, patients: Mapping[str, str]) -> str:
+    """One line per cell, fractions: configuration, ratio, the patient-level mean, sd and
+    interval with the n's, the difference to the first row with its interval, the Wilcoxon p
+    over patients (raw and Holm), the smallest p the test could give, and the poster's mean ±
+    std over visits."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["configuration", "ratio", "dice_mean", "dice_std", "test_visits",
-                "wilcoxon_p_vs_first_row"])
-    rows = list(values)
-    for c in comparison_cells(values):
-        p = (None if c.row == rows[0] or c.ratio not in values[rows[0]] else
-             results.paired_wilcoxon(values[c.row][c.ratio], values[rows[0]][c.ratio]))
-        w.writerow([c.row, f"{c.ratio:g}", f"{c.mean:.6f}", f"{c.std:.6f}", c.visits,
-                    "" if p is None else f"{p:.6g}"])
+    w.writerow(["configuration", "ratio", "dice_mean", "dice_sd", "dice_ci_low", "dice_ci_high",
+                "test_patients", "test_visits", "diff_vs_first_row", "diff_ci_low",
+                "diff_ci_high", "wilcoxon_p_vs_first_row", "wilcoxon_p_holm", "holm_family",
+                "min_attainable_p", "dice_visit_mean", "dice_visit_std"])
+    for c in comparison_cells(values, patients):
+        cmp = c.comparison
+        w.writerow([c.row, f"{c.ratio:g}", f"{c.mean:.6f}", f"{c.std:.6f}", f"{c.ci_low:.6f}",
+                    f"{c.ci_high:.6f}", c.patients, c.visits,
+                    "" if cmp is None else f"{cmp.difference:.6f}",
+                    "" if cmp is None else f"{cmp.interval.low:.6f}",
+                    "" if cmp is None else f"{cmp.interval.high:.6f}",
+                    "" if c.p_value is None else f"{c.p_value:.6g}",
+                    "" if c.p_holm is None else f"{c.p_holm:.6g}", c.family,
+                    "" if c.min_p is None else f"{c.min_p:.6g}",
+                    f"{c.visit_mean:.6f}", f"{c.visit_std:.6f}"])
     return buf.getvalue()
 
 

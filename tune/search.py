@@ -1,504 +1,86 @@
-"""``python tune/search.py``: Ray Tune + Optuna search per data ratio, the results table, registry.
+"""``python tune/search.py`` (``fpn-search``): Ray Tune + Optuna search per data ratio, table, registry.
 
 With no arguments it answers the poster's question on a small synthetic data set (made when not
 already there): it searches FPN from scratch and FPN with inverted-FAF pretraining at ratios 0.1
-and 1.0 (3 trials per ratio and configuration, two architectures: ``tune/demo_space.yaml``), on
-local Ray with a local sqlite MLflow and Optuna database; evaluates the best trial of each on the
-test split with its k-best ensemble, registers it as a version of ``<task>-<model>``, promotes
-the best version through the registry's gate and prints the table: one row per configuration,
-test Dice mean ± std over the test visits, and per ratio the paired Wilcoxon test of the two
-rows. Everything lives in ``--workdir``.
-
-Pretraining is per architecture and shared (:mod:`tune.pretraining`): a trial fine-tunes the
-pretrained network of the architecture it drew, trained once by the first trial that needs it
-(the others wait on a lease in the storage) and reused by every later trial and ratio. The
-network knobs of the space are checked against the store's depth first
-(:mod:`tune.space_check`).
-
-Identity: the study, the Tune experiment and the parent MLflow run of a ratio are named after the
-store's fingerprint (``<task>-<model>-<ssl>-<fingerprint[:8]>-r<ratio>``): a search on other data
-in the same workdir never reuses this one's trials, evaluations or registered versions.
-
-Layers (as in Ray's Train/Tune interop): the Train worker function (``fpn.training.worker``),
-the per-trial driver (:func:`tune.trial.train_trial` -> ``run_training``) and here the Tuner,
-one per ratio and configuration, with one named Optuna study each.
-
-The steps of each ratio (:func:`search_ratio`) are named functions below: open the ratio's
-parent run, fit its base config, run the Tuner, collect the finished trials (their records read
-through fsspec, so ``--storage s3://...`` works), evaluate and register the best
-(:func:`tune.core.evaluate_run`, shared with the paper table) and log it on the parent run.
-
-Running it again after a kill resumes: the Tuner is restored from its storage (finished trials
-are not run again, an interrupted trial resumes its Train run from the last checkpoint), the
-Optuna studies keep their history, and every MLflow run and model version is found again by name
-instead of being created twice.
+and 1.0 (the ``demo`` preset of :mod:`tune.presets`: trials, epochs, recipe, space), on local Ray
+with a local sqlite MLflow and Optuna database; evaluates the best trial of each on the test
+split with its k-best ensemble, registers it, promotes the best version through the registry's
+gate and prints the table. The steps are :mod:`tune.search_steps`; this module parses the
+command line into a :class:`tune.config.SearchConfig` and prints the result.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import tempfile
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-if __package__ in (None, ""):  # run as `python tune/search.py`: import the `tune` package instead
-    _ROOT = str(Path(__file__).resolve().parent.parent)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    sys.path.insert(0, _ROOT)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from fpn import tags as T
-from tune.config import DEMO_SHAPE, SearchConfig, load_search_config
-from tune.core import (
-    Evaluation,
-    Registration,
-    ResourcePlan,
-    RunRecord,
-    cluster_capacity,
-    evaluate_run,
-    finished_run,
-    make_synthetic_store,
-    write_atomic,
-)
-from tune.spaces import SearchSpace
-from tune.tuner import optuna_study, run_tuner, tidy_study
-
-__all__ = ["RatioResult", "SearchResult", "build_parser", "main", "run_search", "search_ratio"]
-
-@dataclass
-class RatioResult:
-    """The outcome of one ratio's study."""
-
-    ratio: float
-    study: str
-    parent_run_id: str
-    trials_complete: int
-    best_trial: str | None = None
-    best_run_id: str | None = None
-    best_val: float = math.nan
-    best_params: dict[str, Any] = field(default_factory=dict)
-    test: dict[str, Any] = field(default_factory=dict)
-    model_version: str | None = None
-    configuration: str = ""  #: the table row, e.g. ``FPN`` or ``FPN (inverted_faf pretraining)``
-    ssl: str = "none"
-    dice_per_visit: dict[str, float] = field(default_factory=dict)  #: test Dice per test visit
-    pretrainings_trained: int = 0  #: shared pretrainings this ratio's trials trained
-    pretrainings_reused: int = 0  #: trials that reused one trained before (or elsewhere)
-
-
-@dataclass
-class SearchResult:
-    """Everything a search produced, and where to look at it."""
-
-    ratios: list[RatioResult]
-    table_markdown: str
-    files: dict[str, str]
-    registered_model: str
-    decision: str | None
-    tracking_uri: str
-    study_url: str
-    promotion_refused: bool = False  #: the registry's gate refused (GateRefused); nothing moved
-
-
-def _log(msg: str) -> None:
-    print(f"[search] {msg}", flush=True)
-
-
-# -- data and resources ---------------------------------------------------------------------------
-
-def ensure_store(cfg: SearchConfig) -> str:
-    """The store to search on; the demo's synthetic store is made (and converted) when missing."""
-    from fpn.data.store import open_store
-
-    if cfg.data:
-        open_store(cfg.data)  # a clear error naming the store when it is not one
-        return cfg.data
-    return make_synthetic_store(cfg.work_path() / "data", shape=DEMO_SHAPE, visits=2,
-                                seed=cfg.seed, num_cpus=cfg.num_cpus, log=_log)
-
-
-def plan_resources(cfg: SearchConfig) -> ResourcePlan:
-    """Concurrent trials and CPUs per Train worker on the connected cluster
-    (:func:`tune.core.plan_resources`)."""
-    from tune.core import plan_resources as plan
-
-    cpus, gpus = cluster_capacity()
-    return plan(cpus, gpus, workers=cfg.workers_per_trial, gpus_per_worker=cfg.gpus_per_worker,
-                cpus_per_worker=cfg.cpus_per_worker, max_concurrent=cfg.max_concurrent,
-                runs=cfg.trials_per_ratio())
-
-
-# -- pretraining and the base training config -----------------------------------------------------
-
-def _fix_architecture(space: SearchSpace, tree: dict[str, Any], init: str, uri: str,
-                      model: str) -> SearchSpace:
-    """A network given with ``--pretrained`` fixes the architecture: take its kwargs, stop
-    searching ``model.*`` (the search's own pretraining is per architecture instead:
-    :mod:`tune.pretraining`)."""
-    from fpn.inference import load_members
-
-    member = load_members(init, uri, k=1)[0]
-    if member["model_name"] != model:
-        raise ValueError(f"{init}: the pretrained network is {member['model_name']!r}, "
-                         f"but the search is for {model!r}")
-    tree["model"]["kwargs"] = {k: v for k, v in member["model_kwargs"].items()
-                               if k not in ("in_channels", "out_channels")}
-    dropped = [k for k in space.params if k.startswith("model.")]
-    if dropped:
-        _log(f"{init}: the given pretrained network fixes the architecture; not searching "
-             f"{', '.join(dropped)}")
-    return SearchSpace(params={k: v for k, v in space.params.items() if k not in dropped},
-                       fixed={k: v for k, v in space.fixed.items() if not k.startswith("model.")})
-
-
-# -- one ratio, step by step ----------------------------------------------------------------------
-
-def _open_parent(cfg: SearchConfig, ratio: float, space: SearchSpace, store: Any,
-                 experiment_id: str) -> str:
-    """The ratio's parent MLflow run (found again on a re-run), tagged with what it searches."""
-    from fpn.tracking import RunLogger, client_for, find_or_create_run
-    from tune.report import PARENT_ROLE
-
-    uri = cfg.tracking_uri()
-    study_name = cfg.study_name(ratio, store.fingerprint)
-    parent_tags = {T.SEARCH_ROLE: PARENT_ROLE, T.SEARCH_TASK: cfg.task, T.MODEL: cfg.model,
-                   T.SSL: cfg.ssl, T.RATIO: f"{ratio:g}", T.STUDY: study_name,
-                   T.CONFIGURATION: cfg.configuration_label(),
-                   T.STORE_FINGERPRINT: store.fingerprint, T.STUDY_DB: cfg.study_url()}
-    parent_id, _ = find_or_create_run(client_for(uri), experiment_id, f"search-{study_name}",
-                                      parent_tags)
-    RunLogger(uri, parent_id).set_tags({**parent_tags,
-                                        T.SEARCH_SPACE: space.describe()[:5000]})
-    return parent_id
-
-
-def _ratio_base(cfg: SearchConfig, base: dict[str, Any], ratio: float, store: Any) -> dict[str, Any]:
-    """The base config at ``ratio``; at scarce ratios more crops per visit (``crops_floor``)."""
-    base = json.loads(json.dumps(base))
-    base["data"]["ratio"] = ratio
-    floor = cfg.crops_floor()
-    if floor:
-        from fpn.data.splits import plan_visits
-
-        visits = len(plan_visits(store, "mask", ratio, cfg.seed).train_keys)
-        multiplier = base["data"].get("multiplier", 20)
-        base["data"]["multiplier"] = max(multiplier, math.ceil(floor / visits))
-        if base["data"]["multiplier"] != multiplier:
-            _log(f"{cfg.study_name(ratio, store.fingerprint)}: {visits} training visit(s); "
-                 f"{base['data']['multiplier']} crops per visit per epoch (at least {floor} "
-                 "crops an epoch)")
-    return base
-
-
-def _trial_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
-    return client.search_runs([experiment_id],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-                              max_results=1000)
-
-
-def _close_stopped_trials(client: Any, runs: list[Any]) -> None:
-    """ASHA stops trials by killing them: close their MLflow runs, saying why."""
-    for run in runs:
-        if run.info.status == "RUNNING" and run.data.tags.get(T.STATUS) != "finished":
-            client.set_tag(run.info.run_id, T.STATUS, "stopped")
-            client.set_terminated(run.info.run_id, status="KILLED")
-
-
-def _finished_trials(runs: list[Any], trials_storage: str) -> list[tuple[Any, RunRecord]]:
-    """The trials whose run finished with checkpoints, best validation score first (the
-    earlier trial first on a tie); their records are read wherever the storage is."""
-    scored = []
-    for run in runs:
-        record = finished_run(trials_storage, run.data.tags.get(T.RUN_NAME, run.info.run_name))
-        if record is not None and record.usable:
-            scored.append((run, record))
-    scored.sort(key=lambda s: (-s[1].best_score, s[0].info.start_time))
-    return scored
-
-
-def _log_study(cfg: SearchConfig, study: Any, parent_id: str) -> None:
-    """The study's summary, its trials' plot and table on the ratio's parent run."""
-    from fpn.tracking import RunLogger
-    from tune.report import plot_trials, study_summary
-
-    if study is None:
-        return
-    logger = RunLogger(cfg.tracking_uri(), parent_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "study_summary.md").write_text(study_summary(study))
-        logger.log_file(Path(tmp) / "study_summary.md")
-        logger.log_file(plot_trials(study, Path(tmp) / "val_dice_over_trials.png"))
-        study.trials_dataframe().to_csv(Path(tmp) / "trials.csv", index=False)
-        logger.log_file(Path(tmp) / "trials.csv")
-
-
-def _registration(cfg: SearchConfig, ratio: float, study_name: str, run: Any,
-                  record: RunRecord, store: Any) -> Registration:
-    """How the best trial is registered: as a version of ``<task>-<model>`` with its model card."""
-    from tune.report import model_card
-
-    def card(tags: dict[str, str], evaluation: Evaluation) -> str:
-        return model_card(name=cfg.registered_name(), store=store, tags=tags,
-                          config=record.config, train_patients=record.train_patients,
-                          test=evaluation.summary, study_url=cfg.study_url())
-
-    return Registration(cfg.registered_name(), card=card, tags={
-        "ratio": f"{ratio:g}", "ssl": cfg.ssl, "study": study_name,
-        "trial": run.data.tags.get(T.TRIAL_ID, ""), "pretrained": cfg.pretrained or ""})
-
-
-def _log_best(cfg: SearchConfig, parent_id: str, run: Any, record: RunRecord,
-              evaluation: Evaluation) -> dict[str, Any]:
-    """The best trial's test metrics, name and parameters on the ratio's parent run (once)."""
-    from mlflow.entities import Metric
-
-    from fpn.tracking import RunLogger, client_for
-
-    uri = cfg.tracking_uri()
-    client = client_for(uri)
-    logger = RunLogger(uri, parent_id)
-    trial_id = run.data.tags.get(T.TRIAL_ID, "")
-    params = json.loads(run.data.tags.get(T.TRIAL_PARAMS, "{}"))
-    parent = client.get_run(parent_id)
-    test = {**evaluation.summary, "test_keys_sha": evaluation.test_keys_sha}
-    if not (parent.data.tags.get(T.BEST_TRIAL) == trial_id
-            and "test/dice_mean" in parent.data.metrics):
-        now = int(time.time() * 1000)
-        client.log_batch(parent_id, metrics=[
-            Metric(f"test/{k}", float(v), now, 0) for k, v in evaluation.summary.items()
-            if isinstance(v, (int, float)) and math.isfinite(v)] + [
-            Metric("best/val_dice", record.best_score, now, 0)])
-        logger.log_file(evaluation.summary["csv"], "evaluation")
-    logger.set_tags({T.BEST_TRIAL: trial_id, T.BEST_RUN_ID: run.info.run_id,
-                     T.TEST_KEYS_SHA: evaluation.test_keys_sha,
-                     **{f"best.{k}": str(v) for k, v in params.items()}})
-    logger.log_text(json.dumps(params, indent=2, sort_keys=True), "best_params.json")
-    return test
-
-
-def _log_pretrainings(cfg: SearchConfig, parent_id: str, runs: list[Any]) -> tuple[int, int]:
-    """How many shared pretrainings this ratio's trials trained and how many they reused, on
-    the parent run (metrics ``pretrain/trained``, ``pretrain/reused`` and the same as tags)."""
-    from mlflow.entities import Metric
-
-    from fpn.tracking import RunLogger, client_for
-    from tune.trial import PRETRAINING_TAG
-
-    outcomes = [r.data.tags.get(PRETRAINING_TAG) for r in runs]
-    trained, reused = outcomes.count("trained"), outcomes.count("reused")
-    now = int(time.time() * 1000)
-    client_for(cfg.tracking_uri()).log_batch(parent_id, metrics=[
-        Metric("pretrain/trained", float(trained), now, 0),
-        Metric("pretrain/reused", float(reused), now, 0)])
-    RunLogger(cfg.tracking_uri(), parent_id).set_tags({
-        "fpn.pretrainings_trained": str(trained), "fpn.pretrainings_reused": str(reused)})
-    return trained, reused
-
-
-def search_ratio(cfg: SearchConfig, ratio: float, space: SearchSpace, base: dict[str, Any],
-                 resources: ResourcePlan, store: Any, experiment_id: str,
-                 pretrain: dict[str, Any] | None = None) -> RatioResult:
-    """Search one ratio, evaluate its best trial on the test split, log it on the parent run,
-    register it. With ``pretrain``, each trial fine-tunes the shared pretraining of the
-    architecture it draws (:mod:`tune.pretraining`)."""
-    from fpn.tracking import client_for
-
-    client = client_for(cfg.tracking_uri())
-    study_name = cfg.study_name(ratio, store.fingerprint)
-    parent_id = _open_parent(cfg, ratio, space, store, experiment_id)
-    ratio_base = _ratio_base(cfg, base, ratio, store)
-    context = {"base": ratio_base, "study": study_name, "parent_run_id": parent_id,
-               "tags": {T.SEARCH_TASK: cfg.task, T.SEARCH_ROLE: T.ROLE_TRIAL}}
-    if pretrain is not None:
-        context["pretrain"] = pretrain
-    run_tuner(cfg, study_name, space, context, resources)
-
-    study = optuna_study(cfg, study_name)
-    if study is not None:
-        tidy_study(study)
-    runs = _trial_runs(client, experiment_id, parent_id)
-    _close_stopped_trials(client, runs)
-    result = RatioResult(ratio, study_name, parent_id,
-                         trials_complete=0 if study is None else sum(
-                             t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)),
-                         configuration=cfg.configuration_label(), ssl=cfg.ssl)
-    if pretrain is not None:
-        result.pretrainings_trained, result.pretrainings_reused = _log_pretrainings(
-            cfg, parent_id, runs)
-        _log(f"{study_name}: {result.pretrainings_trained} pretraining(s) trained, "
-             f"{result.pretrainings_reused} reused")
-    finished = _finished_trials(runs, ratio_base["storage"])
-    _log_study(cfg, study, parent_id)
-    if not finished:
-        client.set_terminated(parent_id, "FAILED")
-        raise RuntimeError(f"{study_name}: no trial finished with a checkpoint "
-                           f"(trial runs in {ratio_base['storage']})")
-    best_run, record = finished[0]
-    trial_id = best_run.data.tags.get(T.TRIAL_ID, "")
-    _log(f"{study_name}: best trial {trial_id} (val Dice {record.best_score:.4f}); its ensemble "
-         "on the test split")
-    evaluation = evaluate_run(record, store, tracking_uri=cfg.tracking_uri(),
-                              out_dir=cfg.work_path() / "results" / study_name,
-                              registration=_registration(cfg, ratio, study_name, best_run, record,
-                                                         store),
-                              log=_log)
-    result.test = _log_best(cfg, parent_id, best_run, record, evaluation)
-    result.best_trial, result.best_run_id, result.best_val = (
-        trial_id, best_run.info.run_id, record.best_score)
-    result.best_params = json.loads(best_run.data.tags.get(T.TRIAL_PARAMS, "{}"))
-    result.model_version = evaluation.model_version
-    result.dice_per_visit = {r["visit"]: float(r["dice"]) for r in evaluation.records
-                             if "dice" in r}
-    client.set_terminated(parent_id, "FINISHED")
-    return result
-
-
-# -- the whole search -----------------------------------------------------------------------------
-
-def _store_depths(store: Any) -> list[int]:
-    """The OCT depths of the store's labelled visits (what every network must take)."""
-    return sorted({int(v.shape[1]) for v in store.visits_for(require="mask")}) or \
-        sorted({int(v.shape[1]) for v in store.visits_for()})
-
-
-def checked_space(cfg: SearchConfig, store: Any) -> SearchSpace:
-    """The search space with its network knobs categorical and checked at the store's depth
-    (:func:`tune.space_check.check_model_knobs`)."""
-    from tune.space_check import check_model_knobs
-
-    base = cfg.train_tree(task="finetune", target="mask", epochs=cfg.train_epochs(),
-                          storage_dir="trials", cpus_per_worker=1.0, threads=1)
-    return check_model_knobs(cfg.search_space(), base["model"].get("kwargs", {}), cfg.model,
-                             _store_depths(store), gpus_per_worker=cfg.gpus_per_worker,
-                             strict=cfg.strict_space, log=_log)
-
-
-def _base_config(cfg: SearchConfig, store_path: str, store: Any, resources: ResourcePlan,
-                 space: SearchSpace) -> tuple[dict[str, Any], SearchSpace, dict[str, Any] | None]:
-    """The fine-tuning base every trial starts from, the space, and (when the configuration
-    pretrains) what each trial needs to find or train the pretraining of the architecture it
-    draws (:func:`tune.trial.with_pretrained`)."""
-    base = cfg.train_tree(task="finetune", target="mask", epochs=cfg.train_epochs(),
-                          storage_dir="trials", cpus_per_worker=resources.cpus_per_worker,
-                          threads=resources.threads_per_worker, store=store_path)
-    if cfg.pretrained is not None:
-        base["init"] = cfg.pretrained
-        return base, _fix_architecture(space, base, cfg.pretrained, cfg.tracking_uri(),
-                                       cfg.model), None
-    if cfg.ssl == "none":
-        return base, space, None
-    pretrain_base = cfg.train_tree(task="pretrain", target=cfg.ssl,
-                                   epochs=cfg.pretraining_epochs(), storage_dir="pretrain",
-                                   cpus_per_worker=resources.cpus_per_worker,
-                                   threads=resources.threads_per_worker, store=store_path)
-    pretrain_base.pop("init", None)
-    return base, space, {"base": pretrain_base, "storage": cfg.storage_path(),
-                         "fingerprint": store.fingerprint,
-                         "tags": {T.SEARCH_TASK: cfg.task, T.SSL: cfg.ssl}}
-
-
-def _promote(cfg: SearchConfig, results: list[RatioResult]) -> tuple[str | None, bool]:
-    """The best registered version of this search through the registry's gate.
-
-    Returns the decision's message and whether the gate refused (``GateRefused``: the registry
-    is unchanged; the search still prints its table and succeeds)."""
-    from fpn.registry import GateRefused, promote
-
-    versions = [r for r in results if r.model_version]
-    if not cfg.promote or not versions:
-        return None, False
-    best = max(versions, key=lambda r: float(r.test.get("dice_mean", -1)))
-    try:
-        decision = promote(cfg.tracking_uri(), cfg.registered_name(), best.model_version).message()
-    except GateRefused as exc:
-        decision = (f"promotion of {cfg.registered_name()} version {best.model_version} refused: "
-                    f"{exc}")
-        _log(decision)
-        return decision, True
-    _log(decision)
-    return decision, False
-
-
-def _write_table(cfg: SearchConfig, client: Any, experiment_id: str, fingerprint: str,
-                 ratios: list[RatioResult]) -> tuple[str, dict[str, Path]]:
-    """The table: Markdown, CSV and plot in WORKDIR/results, also logged on one MLflow run.
-
-    With per-visit test Dice for its rows (this search's configurations), the comparison table
-    (:func:`tune.report.comparison_markdown`: mean ± std over test visits, the paired Wilcoxon
-    test of each row against the first per ratio); else the summary table of every search of
-    this task, model and store in the experiment."""
-    from fpn.tracking import RunLogger, find_or_create_run
-    from tune import report
-
-    rows = report.collect_rows(client, experiment_id, cfg.task, cfg.model,
-                               fingerprint=fingerprint)
-    values: dict[str, dict[float, dict[str, float]]] = {}
-    for r in ratios:
-        if r.dice_per_visit:
-            values.setdefault(r.configuration, {})[r.ratio] = r.dice_per_visit
-    out = cfg.work_path() / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"markdown": out / "table.md", "csv": out / "table.csv", "plot": out / "dice_vs_ratio.png"}
-    if values:
-        table = report.comparison_markdown(values)
-        write_atomic(files["csv"], report.comparison_csv(values))
-        from tune.results import plot_cells
-
-        plot_cells(report.comparison_cells(values), files["plot"])
-    else:
-        table = report.table_markdown(rows)
-        write_atomic(files["csv"], report.table_csv(rows))
-        report.plot_table(rows, files["plot"])
-    write_atomic(files["markdown"], table)
-    summary_id, _ = find_or_create_run(client, experiment_id,
-                                       f"search-table-{cfg.task}-{cfg.model}-{fingerprint[:8]}",
-                                       {T.SEARCH_ROLE: T.ROLE_TABLE, T.SEARCH_TASK: cfg.task,
-                                        T.STORE_FINGERPRINT: fingerprint})
-    summary = RunLogger(cfg.tracking_uri(), summary_id)
-    for f in files.values():
-        summary.log_file(f)
-    summary.finish("FINISHED")
-    return table, files
-
-
-def run_search(cfg: SearchConfig) -> SearchResult:
-    """Pretrain (unless ``ssl`` is none or ``pretrained`` is given), search each ratio, evaluate,
-    register, promote and write the table. Safe to run again after a kill (it resumes)."""
-    import torch
-
-    from fpn.data.store import open_store
-    from fpn.tracking import client_for, ensure_experiment
-    from fpn.training.ray_connect import connect_ray
-
-    torch.set_num_threads(1)
-    cfg.work_path().mkdir(parents=True, exist_ok=True)
-    # the one way to reach Ray: $RAY_ADDRESS when set; else a local Ray of our own
-    connect_ray(num_cpus=cfg.num_cpus)
-    store_path = ensure_store(cfg)
-    store = open_store(store_path)
-    uri = cfg.tracking_uri()
-    client = client_for(uri)
-    experiment_id = ensure_experiment(client, cfg.experiment, uri)
-    resources = plan_resources(cfg)
-    space = checked_space(cfg, store)
-    results: list[RatioResult] = []
-    for ssl in cfg.configurations():  # from scratch first, then pretrained (one row each)
-        scfg = cfg.model_copy(update={"ssl": ssl})
-        base, sspace, pretrain = _base_config(scfg, store_path, store, resources, space)
-        results += [search_ratio(scfg, r, sspace, base, resources, store, experiment_id,
-                                 pretrain) for r in cfg.ratios]
-    decision, refused = _promote(cfg, results)
-    table, files = _write_table(cfg, client, experiment_id, store.fingerprint, results)
-    return SearchResult(results, table, {k: str(v) for k, v in files.items()},
-                        cfg.registered_name(), decision, uri, cfg.study_url(),
-                        promotion_refused=refused)
+from tune.config import SearchConfig, load_search_config
+from tune.search_steps import SearchResult, run_search
+
+__all__ = ["build_parser", "config_from_args", "main", "print_result"]
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags; ``dest`` is the SearchConfig field each sets, and the help of a preset's value
+    comes from :mod:`tune.presets`."""
+    from tune.cli import add_ratios, add_set, add_workers
+
+    fields = SearchConfig.model_fields
+
+    def text(name: str) -> str:
+        return fields[name].description or ""
+
+    p = argparse.ArgumentParser(prog="python tune/search.py", description=__doc__.splitlines()[0])
+    # default None everywhere: only given flags override --config and the preset
+    p.add_argument("--config", help="YAML file with any of these options (SearchConfig fields)")
+    p.add_argument("--data", help="store path or URL (default: a synthetic demo store)")
+    p.add_argument("--workdir", help="demo data, results, default databases (default fpn-search)")
+    p.add_argument("--task", help="names the registered model <task>-<model> (default ga)")
+    p.add_argument("--model", help="network name (default fpn)")
+    p.add_argument("--ssl", choices=["inverted_faf", "faf", "slo", "none"],
+                   help="pretraining target, or none (default inverted_faf)")
+    p.add_argument("--pretrained", help="pretrained checkpoint, run dir or models:/... "
+                   "(skips pretraining)")
+    add_ratios(p, "0.1 1.0")
+    p.add_argument("--trials", type=int, help=text("trials"))
+    p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: what fits)")
+    add_workers(p, "--workers-per-trial")
+    p.add_argument("--gpus-per-worker", type=float)
+    p.add_argument("--cpus-per-worker", type=float)
+    p.add_argument("--epochs", type=int, help=text("epochs"))
+    p.add_argument("--pretrain-epochs", type=int, help=text("pretrain_epochs"))
+    p.add_argument("--grace-period", type=int, help=text("grace_period"))
+    p.add_argument("--min-crops-per-epoch", type=int, help=text("min_crops_per_epoch"))
+    p.add_argument("--space", help=text("space"))
+    p.add_argument("--recipe", help=text("recipe"))
+    p.add_argument("--storage", help="Ray storage path or URL (default WORKDIR/ray)")
+    p.add_argument("--mlflow", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
+    p.add_argument("--study-db", help="Optuna storage URL (default sqlite:///WORKDIR/optuna.db)")
+    p.add_argument("--experiment", help="MLflow experiment (default fpn-search)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
+    add_set(p)
+    p.add_argument("--no-promote", dest="promote", action="store_const", const=False)
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
+                   help=text("baseline"))
+    p.add_argument("--strict-space", action="store_true", default=None, help=text("strict_space"))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    """The SearchConfig of a command line: ``--config``, then every flag that was given."""
+    from fpn.config import parse_sets
+
+    given = {k: v for k, v in vars(args).items() if k not in ("config", "set") and v is not None}
+    if args.set:
+        given["train"] = parse_sets(args.set)
+    return load_search_config(args.config, given)
 
 
 def print_result(res: SearchResult) -> None:
@@ -520,71 +102,6 @@ def print_result(res: SearchResult) -> None:
     print(f"Optuna:  optuna-dashboard {res.study_url}")
     print(f"Serve:   MLFLOW_TRACKING_URI={res.tracking_uri} mlflow models serve "
           f"-m models:/{res.registered_model}@champion --env-manager local -p 5001 -h 127.0.0.1")
-
-
-# -- command line ---------------------------------------------------------------------------------
-
-def build_parser() -> argparse.ArgumentParser:
-    from tune.cli import add_ratios, add_set, add_workers
-
-    p = argparse.ArgumentParser(prog="python tune/search.py", description=__doc__.splitlines()[0])
-    # default None everywhere: only given flags override --config and SearchConfig's defaults
-    p.add_argument("--config", help="YAML file with any of these options (SearchConfig fields)")
-    p.add_argument("--data", help="store path or URL (default: a synthetic demo store)")
-    p.add_argument("--workdir", help="demo data, results, default databases (default fpn-search)")
-    p.add_argument("--task", help="names the registered model <task>-<model> (default ga)")
-    p.add_argument("--model", help="network name (default fpn)")
-    p.add_argument("--ssl", choices=["inverted_faf", "faf", "slo", "none"],
-                   help="pretraining target, or none (default inverted_faf)")
-    p.add_argument("--pretrained", help="pretrained checkpoint, run dir or models:/... "
-                   "(skips pretraining)")
-    add_ratios(p, "0.1 1.0")
-    p.add_argument("--trials", type=int, help="trials per ratio")
-    p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: what fits)")
-    add_workers(p, "--workers-per-trial")
-    p.add_argument("--gpus-per-worker", type=float)
-    p.add_argument("--cpus-per-worker", type=float)
-    p.add_argument("--epochs", type=int, help="fine-tuning epochs per trial (ASHA's max_t)")
-    p.add_argument("--pretrain-epochs", type=int)
-    p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial may be stopped "
-                   "(default: half of --epochs)")
-    p.add_argument("--min-crops-per-epoch", type=int,
-                   help="raise crops per visit at scarce ratios (default 48 for the demo)")
-    p.add_argument("--space", help="YAML search space (default tune/default_space.yaml)")
-    p.add_argument("--recipe", help="training recipe: reference, cpu-small, quick, tiny (fpn/"
-                   "recipes/) or a YAML file (default: cpu-small for the demo, else reference)")
-    p.add_argument("--storage", help="Ray storage path or URL (default WORKDIR/ray)")
-    p.add_argument("--mlflow", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
-    p.add_argument("--study-db", help="Optuna storage URL (default sqlite:///WORKDIR/optuna.db)")
-    p.add_argument("--experiment", help="MLflow experiment (default fpn-search)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
-    add_set(p)
-    p.add_argument("--no-promote", action="store_true", default=None)
-    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
-                   help="also search the network from scratch (--ssl none) as the table's "
-                   "baseline row, with a paired Wilcoxon test per ratio (default: on for the demo)")
-    p.add_argument("--strict-space", action="store_true", default=None,
-                   help="refuse a network knob that cannot change the network at the store's "
-                   "depth (default: drop it with a warning)")
-    return p
-
-
-#: command-line destinations that are not SearchConfig fields of the same name
-_RENAMED = {"workers": "workers_per_trial"}
-
-
-def config_from_args(args: argparse.Namespace) -> SearchConfig:
-    """The SearchConfig of a command line: ``--config``, then every flag that was given."""
-    from tune.cli import parse_sets
-
-    given = {_RENAMED.get(k, k): v for k, v in vars(args).items()
-             if k not in ("config", "set", "no_promote") and v is not None}
-    if args.no_promote:
-        given["promote"] = False
-    if args.set:
-        given["train"] = parse_sets(args.set)
-    return load_search_config(args.config, given)
 
 
 def main(argv: list[str] | None = None) -> int:

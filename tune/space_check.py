@@ -171,11 +171,3 @@ def check_model_knobs(space: SearchSpace, base_kwargs: dict[str, Any], model: st
             else:
                 params[k] = ParamSpec(type="categorical", choices=choices[k])
     return SearchSpace(params=params, fixed=dict(space.fixed))
-
-
-def architectures(space: SearchSpace) -> list[dict[str, Any]]:
-    """Every architecture the space can draw: one kwargs dict per combination of its
-    ``model.kwargs.*`` choices."""
-    knobs = [k for k in space.params if k.startswith(MODEL_PREFIX)]
-    combos = itertools.product(*(space.params[k].choices or [] for k in knobs))
-    return [{k[len(MODEL_PREFIX):]: v for k, v in zip(knobs, c)} for c in combos]

@@ -23,9 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["DEFAULT_SPACE_FILE", "ParamSpec", "SearchSpace", "default_space", "load_space"]
-
-DEFAULT_SPACE_FILE = Path(__file__).with_name("default_space.yaml")
+__all__ = ["ParamSpec", "SearchSpace", "load_space"]
 
 
 class ParamSpec(BaseModel):
@@ -149,8 +147,3 @@ def load_space(path: str | Path) -> SearchSpace:
         return SearchSpace.model_validate(raw)
     except ValidationError as exc:
         raise ValueError(f"{path}: invalid search space: {exc}") from exc
-
-
-def default_space() -> SearchSpace:
-    """The projection block, the Dice/BCE balance, learning rate and weight decay."""
-    return load_space(DEFAULT_SPACE_FILE)

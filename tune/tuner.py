@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fpn.inference import join_location
+from fpn import tags as T
+from fpn.storage import join_location
 from tune.config import SearchConfig
 from tune.core import ResourcePlan, driver_resources
 from tune.spaces import SearchSpace
+from tune.trial import TrialSpec
 
-__all__ = ["METRIC", "optuna_study", "run_tuner", "scheduler_for", "tidy_study"]
-
-#: what a trial reports and the search maximises: the best validation Dice of the run
-METRIC = "val_score"
+__all__ = ["optuna_study", "run_tuner", "scheduler_for", "tidy_study"]
 
 
 def _log(msg: str) -> None:
@@ -91,18 +90,21 @@ def scheduler_for(cfg: SearchConfig, study_name: str) -> Any:
                            stop_last_trials=False)
 
 
-def run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: dict[str, Any],
-               resources: ResourcePlan) -> None:
+def run_tuner(cfg: SearchConfig, spec: TrialSpec, space: SearchSpace,
+              resources: ResourcePlan) -> None:
+    """Run (or resume) the study ``spec.study``: its trials train :func:`tune.trial.train_trial`
+    with ``spec``."""
     import optuna
     from ray import tune
 
     from tune.pruning import stop_board
     from tune.trial import train_trial
 
+    study_name = spec.study
     storage = cfg.storage_path()
     exp_path = join_location(storage, study_name)
     driver = {k.lower() if k == "CPU" else k: v for k, v in driver_resources().items()}
-    trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), driver)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec), driver)
     board = stop_board(study_name)  # held here so that it lives as long as the search
     if tune.Tuner.can_restore(exp_path):
         _log(f"{study_name}: resuming the search in {exp_path}")
@@ -116,14 +118,14 @@ def run_tuner(cfg: SearchConfig, study_name: str, space: SearchSpace, context: d
         if remaining <= 0:
             _log(f"{study_name}: the study already holds {done} finished trials")
             return
-        searcher = ResumableOptunaSearch(space=space, metric=METRIC, mode="max",
+        searcher = ResumableOptunaSearch(space=space, metric=T.VAL_SCORE, mode="max",
                                          storage=optuna.storages.RDBStorage(cfg.study_url()),
                                          study_name=study_name, seed=cfg.seed)
         scheduler = scheduler_for(cfg, study_name)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+                metric=T.VAL_SCORE, mode="max", search_alg=searcher, scheduler=scheduler,
                 num_samples=remaining, max_concurrent_trials=resources.concurrency,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=study_name, storage_path=storage,

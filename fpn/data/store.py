@@ -49,7 +49,7 @@ FORMAT_VERSION = 1
 ARRAY_NAMES = ("oct", "faf", "slo", "mask")
 ENFACE_NAMES = ("faf", "slo")
 SPLIT_PARTS = ("train", "val", "test", "unlabelled")
-# The writer lease (fpn.data.lease) that data_prep's convert holds while it writes the store.
+# The writer lease (fpn.storage.lease) that data_prep's convert holds while it writes the store.
 LEASE_NAME = "writer.lease"
 
 

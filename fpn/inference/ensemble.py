@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from fpn.data.transforms import bscan_stats, zscore
-from fpn.inference.member import build_member
-from fpn.inference.resolve import load_members
+from fpn.device import device_policy
+from fpn.storage.member import build_member
+from fpn.storage.resolve import load_members
 
 __all__ = ["Ensemble", "load_ensemble"]
 
@@ -26,8 +27,6 @@ class Ensemble:
     def __init__(self, members: Sequence[dict[str, Any]], device: str | None = None):
         if not members:
             raise ValueError("an ensemble needs at least one member")
-        from fpn.training.device import device_policy
-
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.policy = device_policy(self.device.type)  # bf16 + channels-last on a GPU
         self.models = [self.policy.prepare_model(build_member(m), self.device) for m in members]

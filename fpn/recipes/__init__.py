@@ -13,7 +13,7 @@ values (no store: the store is the caller's).
 - ``quick``: the demo's and the ``quick`` paper table's recipe: half-width networks, AdamW.
 - ``tiny``: the tests' recipe: the smallest crops and batches that still train.
 
-A recipe is applied as dotted overrides (:func:`recipe_overrides`), under any the caller gives.
+A recipe is the first layer of :func:`fpn.config.build_train_config`; the caller's overrides go over it.
 """
 
 from __future__ import annotations
@@ -48,19 +48,12 @@ def load_recipe(name: str) -> dict[str, Any]:
 
 
 def recipe_overrides(name: str) -> dict[str, Any]:
-    """The recipe as dotted keys (``{"optim.lr": 0.002, ...}``), for ``set_dotted``."""
-    out: dict[str, Any] = {}
+    """The recipe as dotted keys (``{"optim.lr": 0.002, ...}``): the first layer of
+    :func:`fpn.config.build_train_config`."""
+    from fpn.config import flatten_tree
 
-    def walk(prefix: str, node: dict[str, Any]) -> None:
-        for k, v in node.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict) and v:
-                walk(key, v)
-            else:
-                out[key] = v
-
-    walk("", load_recipe(name))
-    return out
+    tree = load_recipe(name)
+    return {k: v for k, v in flatten_tree(tree).items() if v != {}}
 
 
 def _check(tree: dict[str, Any], name: str) -> None:

@@ -23,33 +23,25 @@ a run that loses a node goes on with fewer workers instead of waiting for a repl
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fpn import tags as T
 from fpn.config import TrainConfig
-from fpn.inference import (
-    RUN_FILE,
-    is_remote,
-    join_location,
-    load_members,
-    read_location_text,
-    resolve_members,
-    write_location_text,
-)
-from fpn.training.device import device_policy
+from fpn.device import device_policy
+from fpn.storage import RunRecord, is_remote, load_members, resolve_members, write_run_record
 from fpn.training.preflight import preflight
 from fpn.training.ray_connect import connect_ray
 from fpn.training.worker import score_name, train_fn_per_worker
 
-__all__ = ["FORWARDED_ENV", "MlflowRun", "TrainingOutcome", "build_trainer", "collect_outcome",
-           "connect_ray", "ensure_ray", "finished_outcome", "init_member_ref", "open_mlflow_run",
-           "preflight", "run_training", "storage_filesystem", "worker_env_vars"]
+__all__ = ["FORWARDED_ENV", "MlflowRun", "RunRecord", "build_trainer", "collect_outcome",
+           "connect_ray", "init_member_ref", "open_mlflow_run", "preflight", "run_training",
+           "storage_filesystem", "worker_env_vars"]
 
 log = logging.getLogger(__name__)
 
@@ -60,29 +52,6 @@ FORWARDED_ENV = (
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL",
 )
-
-
-@dataclass
-class TrainingOutcome:
-    """What a finished run left: where, which MLflow run, and the k best checkpoints."""
-
-    run_name: str
-    run_dir: str
-    mlflow_run_id: str
-    best_checkpoints: list[str]
-    best_scores: list[float]
-    score_name: str
-    last_metrics: dict[str, float] = field(default_factory=dict)
-    train_patients: list[str] = field(default_factory=list)
-    model_uri: str | None = None
-
-
-# the historical name; every entry point reaches Ray through fpn.training.ray_connect
-ensure_ray = connect_ray
-
-
-def _write_json_atomic(location: str, obj: Any) -> None:
-    write_location_text(location, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def worker_env_vars(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -128,7 +97,7 @@ def _checkpoint_location(path: str, storage: str) -> str:
 def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
                  extra_tags: dict[str, str] | None = None,
                  ray_callbacks: list[Any] | None = None,
-                 worker_env: dict[str, str] | None = None) -> TrainingOutcome:
+                 worker_env: dict[str, str] | None = None) -> RunRecord:
     """Train one network with Ray Train and track it in MLflow.
 
     Args:
@@ -140,28 +109,27 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
             :data:`FORWARDED_ENV` ones the driver has); not logged anywhere.
 
     Returns:
-        The outcome; its ``best_checkpoints`` feed :func:`fpn.inference.load_ensemble`.
+        The run's record (what ``fpn_run.json`` holds); its ``best_checkpoints`` feed
+        :func:`fpn.inference.load_ensemble`.
     """
     # Every check that needs neither Ray nor MLflow first: a bad run fails in one line here.
     pf = preflight(cfg)
     store, plan, name, run_dir = pf.store, pf.plan, pf.name, pf.run_dir
     storage = cfg.storage_path()
-    run_file = join_location(run_dir, RUN_FILE)
     if pf.finished:  # the same store and config finished under this name: reuse it
         log.info("%s: already finished; not training again", run_dir)
         print(f"[fpn] run {name} already finished ({run_dir}, same store and config); "
               "not training again", flush=True)
-        done = finished_outcome(run_file)
-        assert done is not None
-        return done
-    identity = {"store_fingerprint": pf.identity.store_fingerprint,
-                "config_hash": pf.identity.config_hash}
+        assert pf.record is not None
+        return pf.record
+    claim = RunRecord(run_name=name, run_dir=run_dir, config=cfg.model_dump(mode="json"),
+                      store_fingerprint=pf.identity.store_fingerprint,
+                      config_hash=pf.identity.config_hash)
     if pf.record is None:  # claim the name for this run before anything is trained under it
-        _write_json_atomic(run_file, {"run_name": name, "run_dir": run_dir, "finished": False,
-                                      **identity, "config": cfg.model_dump(mode="json")})
+        write_run_record(claim)
 
     run = open_mlflow_run(cfg, store, plan, name, parent_run_id,
-                          {**(extra_tags or {}), "fpn.config_hash": pf.identity.config_hash},
+                          {**(extra_tags or {}), T.CONFIG_HASH: pf.identity.config_hash},
                           identity=pf.identity.key)
     try:
         connect_ray()  # before any Ray call (ray.put below): never a stale recorded cluster
@@ -169,7 +137,7 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
         trainer = build_trainer(cfg, name, storage, run_dir, run, init_ref, ray_callbacks,
                                 worker_env)
         result = trainer.fit()
-        outcome = collect_outcome(result, cfg, name, run_dir, storage, run.run_id, plan)
+        outcome = collect_outcome(result, cfg, claim, run.run_id, plan)
         _log_curves(run.logger, run.client, run.run_id)
         if cfg.log_model and outcome.best_checkpoints:
             from fpn.serving import log_ensemble_model
@@ -177,36 +145,25 @@ def run_training(cfg: TrainConfig, *, parent_run_id: str | None = None,
             with ExitStack() as members:  # remote ones: local copies while logging
                 member_files = [members.enter_context(resolve_members(c))[0]
                                 for c in outcome.best_checkpoints]
-                outcome.model_uri = log_ensemble_model(
-                    run.uri, run.run_id, member_files, shape=store.visit(plan.val_keys[0]).shape)
+                outcome = replace(outcome, model_uri=log_ensemble_model(
+                    run.uri, run.run_id, member_files, shape=store.visit(plan.val_keys[0]).shape))
     except BaseException as exc:  # no MLflow run is left RUNNING by an error
         _terminate_failed(run, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     best = f"{outcome.best_scores[0]:.4f}" if outcome.best_scores else "nan"
-    run.logger.set_tags({"fpn.best_score": best, "fpn.status": "finished"})
+    run.logger.set_tags({T.BEST_SCORE: best, T.STATUS: T.STATUS_FINISHED})
     run.logger.finish("FINISHED")
-    _write_json_atomic(run_file, {**asdict(outcome), "finished": True, **identity,
-                                  "config": cfg.model_dump(mode="json")})
+    outcome = replace(outcome, finished=True)
+    write_run_record(outcome)
     return outcome
 
 
 def _terminate_failed(run: MlflowRun, status: str) -> None:
     try:
-        run.logger.set_tags({"fpn.status": status.lower()})
+        run.logger.set_tags({T.STATUS: status.lower()})
         run.logger.finish(status)
     except Exception:  # the original error matters more than a tracking hiccup
         log.exception("could not mark MLflow run %s %s", run.run_id, status)
-
-
-def finished_outcome(run_file: str) -> TrainingOutcome | None:
-    """The outcome a finished run recorded in its ``fpn_run.json``, or None."""
-    previous = read_location_text(run_file)
-    if previous is None:
-        return None
-    done = json.loads(previous)
-    if not done.get("finished"):
-        return None
-    return TrainingOutcome(**{k: done[k] for k in TrainingOutcome.__dataclass_fields__ if k in done})
 
 
 @dataclass
@@ -239,11 +196,11 @@ def open_mlflow_run(cfg: TrainConfig, store: Any, plan: Any, name: str,
     client = client_for(uri)
     exp_id = ensure_experiment(client, cfg.experiment, uri)
     tags = {
-        "fpn.task": cfg.task, "fpn.model": cfg.model.name, "fpn.target": cfg.data.target,
-        "fpn.ratio": f"{cfg.data.ratio:g}", "fpn.store_fingerprint": store.fingerprint,
-        "fpn.store": cfg.data.store, "fpn.git_revision": git_revision(),
-        "fpn.patients_used": str(len(plan.train_patients)),
-        "fpn.train_visits": str(len(plan.train_keys)),
+        T.TASK: cfg.task, T.MODEL: cfg.model.name, T.TARGET: cfg.data.target,
+        T.RATIO: f"{cfg.data.ratio:g}", T.STORE_FINGERPRINT: store.fingerprint,
+        T.STORE: cfg.data.store, T.GIT_REVISION: git_revision(),
+        T.PATIENTS_USED: str(len(plan.train_patients)),
+        T.TRAIN_VISITS: str(len(plan.train_keys)),
         **cfg.tags, **(extra_tags or {}),
     }
     run_id, resumed = find_or_create_run(client, exp_id, name, tags, parent_run_id,
@@ -272,7 +229,7 @@ def init_member_ref(cfg: TrainConfig, run: MlflowRun, payload: dict[str, Any] | 
     if payload is None:
         payload = load_members(cfg.init, run.uri, k=1)[0]
     ref = ray.put(payload)
-    run.logger.set_tags({"fpn.init": cfg.init})
+    run.logger.set_tags({T.INIT: cfg.init})
     return ref
 
 
@@ -310,7 +267,7 @@ def build_trainer(cfg: TrainConfig, name: str, storage: str, run_dir: str, run: 
             storage_filesystem=fs,
             worker_runtime_env={"env_vars": env} if env else None,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_best,
-                                               checkpoint_score_attribute="val_score",
+                                               checkpoint_score_attribute=T.VAL_SCORE,
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             callbacks=ray_callbacks or None,
@@ -319,18 +276,19 @@ def build_trainer(cfg: TrainConfig, name: str, storage: str, run_dir: str, run: 
     )
 
 
-def collect_outcome(result: Any, cfg: TrainConfig, name: str, run_dir: str, storage: str,
-                    run_id: str, plan: Any) -> TrainingOutcome:
-    """The k best checkpoints (best first, as locations) and the last metrics of a fitted run."""
+def collect_outcome(result: Any, cfg: TrainConfig, claim: RunRecord, run_id: str,
+                    plan: Any) -> RunRecord:
+    """The run's record after ``fit``: the k best checkpoints (best first, as locations) and the
+    last metrics, over what the run claimed when it started (``claim``: name, directory,
+    identity, config)."""
     ranked = sorted(((c, m) for c, m in (result.best_checkpoints or [])),
-                    key=lambda cm: cm[1].get("val_score", float("-inf")), reverse=True)
+                    key=lambda cm: cm[1].get(T.VAL_SCORE, float("-inf")), reverse=True)
     ranked = ranked[: cfg.keep_best]
-    return TrainingOutcome(
-        run_name=name,
-        run_dir=run_dir,
+    return replace(
+        claim,
         mlflow_run_id=run_id,
-        best_checkpoints=[_checkpoint_location(c.path, storage) for c, _ in ranked],
-        best_scores=[float(m.get("val_score", float("nan"))) for _, m in ranked],
+        best_checkpoints=[_checkpoint_location(c.path, cfg.storage_path()) for c, _ in ranked],
+        best_scores=[float(m.get(T.VAL_SCORE, float("nan"))) for _, m in ranked],
         score_name=score_name(cfg),
         last_metrics={k: float(v) for k, v in (result.metrics or {}).items()
                       if isinstance(v, (int, float))},

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fpn.config import TrainConfig
+from fpn.storage.run_record import RunRecord
 
 __all__ = ["NOT_TRAINING_RELEVANT", "RunIdentity", "RunIdentityError", "check_reuse",
            "config_differences", "run_identity", "training_relevant", "validate_run_name"]
@@ -98,9 +99,9 @@ def validate_run_name(name: str) -> str:
     return name
 
 
-def check_reuse(record: dict[str, Any] | None, identity: RunIdentity, cfg: TrainConfig,
+def check_reuse(record: RunRecord | None, identity: RunIdentity, cfg: TrainConfig,
                 run_dir: str) -> bool:
-    """Whether ``run_dir``'s record (the parsed ``fpn_run.json``, finished or not) belongs to
+    """Whether ``run_dir``'s record (its ``fpn_run.json``, finished or not) belongs to
     this run. True: same store and config (reuse or resume); False: no record (a new run).
 
     Raises:
@@ -108,8 +109,7 @@ def check_reuse(record: dict[str, Any] | None, identity: RunIdentity, cfg: Train
     """
     if record is None:
         return False
-    rec_fp = str(record.get("store_fingerprint") or "")
-    rec_hash = str(record.get("config_hash") or "")
+    rec_fp, rec_hash = record.store_fingerprint, record.config_hash
     if rec_fp == identity.store_fingerprint and rec_hash == identity.config_hash:
         return True
     problems = []
@@ -117,11 +117,11 @@ def check_reuse(record: dict[str, Any] | None, identity: RunIdentity, cfg: Train
         problems.append(f"store fingerprint {rec_fp[:12] or '<not recorded>'} (recorded) vs "
                         f"{identity.store_fingerprint[:12]} ({cfg.data.store})")
     if rec_hash != identity.config_hash:
-        diffs = config_differences(record.get("config") or {}, cfg.model_dump(mode="json"))
+        diffs = config_differences(record.config, cfg.model_dump(mode="json"))
         problems.append("config differs: " + ("; ".join(diffs[:8]) if diffs else
                                               "<no config hash recorded>")
                         + (f"; ... ({len(diffs)} fields)" if len(diffs) > 8 else ""))
-    state = "finished" if record.get("finished") else "unfinished"
+    state = "finished" if record.finished else "unfinished"
     raise RunIdentityError(
-        f"{run_dir}: run name {record.get('run_name', '?')!r} belongs to another {state} run: "
+        f"{run_dir}: run name {record.run_name!r} belongs to another {state} run: "
         + "; ".join(problems) + ". Choose another --run-name (or remove that run directory)")

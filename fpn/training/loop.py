@@ -1,7 +1,7 @@
 """The framework-free parts of training: optimiser, schedule, one epoch, validation.
 
 Nothing here knows about Ray; ``worker.py`` wires these into a Ray Train worker. What depends on
-the device (memory format, copies, autocast) comes from :mod:`fpn.training.device`.
+the device (memory format, copies, autocast) comes from :mod:`fpn.device`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from fpn.config import OptimConfig, TrainConfig
+from fpn.device import DevicePolicy, device_policy
 from fpn.metrics import VisitMetrics, visit_record
-from fpn.training.device import DevicePolicy, device_policy
 
 __all__ = ["build_optimizer", "build_scheduler", "train_epoch", "validate"]
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from fpn.storage.locations import atomic_file
 
 __all__ = ["enface_projection", "save_learning_curves", "save_overlay"]
 
@@ -18,9 +19,8 @@ def enface_projection(oct_volume: np.ndarray) -> np.ndarray:
 
 
 def _savefig(fig, out: Path) -> None:
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 def save_overlay(out: str | Path, projection: np.ndarray, prob: np.ndarray,

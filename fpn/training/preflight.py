@@ -10,19 +10,13 @@ and config hash, see :mod:`fpn.training.identity`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from fpn.config import TrainConfig
 from fpn.data.splits import plan_visits
 from fpn.data.store import open_store
-from fpn.inference import (
-    RUN_FILE,
-    join_location,
-    load_members,
-    read_location_text,
-)
+from fpn.storage import RunRecord, join_location, load_members, read_run_record
 from fpn.training.identity import (
     RunIdentity,
     RunIdentityError,
@@ -31,7 +25,7 @@ from fpn.training.identity import (
     validate_run_name,
 )
 
-__all__ = ["Preflight", "check_init", "check_model_and_depth", "preflight", "read_record"]
+__all__ = ["Preflight", "check_init", "check_model_and_depth", "preflight"]
 
 
 @dataclass
@@ -44,12 +38,12 @@ class Preflight:
     name: str
     run_dir: str
     identity: RunIdentity
-    record: dict[str, Any] | None
+    record: RunRecord | None
     init_payload: dict[str, Any] | None
 
     @property
     def finished(self) -> bool:
-        return bool(self.record and self.record.get("finished"))
+        return bool(self.record and self.record.finished)
 
 
 def _kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -103,21 +97,6 @@ def check_init(cfg: TrainConfig, model: Any, tracking_uri: str | None) -> dict[s
         f"{cfg.model.name}({want}); differing arguments: {', '.join(differ) or 'none'} ({problem})")
 
 
-def read_record(run_dir: str) -> dict[str, Any] | None:
-    """The parsed ``fpn_run.json`` of ``run_dir``; None when there is none."""
-    location = join_location(run_dir, RUN_FILE)
-    text = read_location_text(location)
-    if text is None:
-        return None
-    try:
-        record = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{location}: not a run record: {exc}") from exc
-    if not isinstance(record, dict):
-        raise ValueError(f"{location}: not a run record")  # noqa: TRY004 (bad input)
-    return record
-
-
 def preflight(cfg: TrainConfig) -> Preflight:
     """Every check that needs neither Ray nor an MLflow run (see the module docstring).
 
@@ -133,7 +112,7 @@ def preflight(cfg: TrainConfig) -> Preflight:
     identity = run_identity(cfg, store.fingerprint)
     storage = cfg.storage_path()
     run_dir = join_location(storage, name)
-    record = read_record(run_dir)
+    record = read_run_record(run_dir)
     try:
         reuse = check_reuse(record, identity, cfg, run_dir)
     except RunIdentityError:
@@ -142,6 +121,6 @@ def preflight(cfg: TrainConfig) -> Preflight:
         # a derived name: this run gets its own, keyed by what it is
         name = validate_run_name(f"{name}-{identity.key[:8]}")
         run_dir = join_location(storage, name)
-        record = read_record(run_dir)
+        record = read_run_record(run_dir)
         reuse = check_reuse(record, identity, cfg, run_dir)
     return Preflight(store, plan, name, run_dir, identity, record if reuse else None, init_payload)

@@ -37,18 +37,20 @@ from fpn.config import TrainConfig
 from fpn.data.dataset import CropDataset, VolumeDataset
 from fpn.data.splits import plan_visits
 from fpn.data.store import open_store
-from fpn.inference import (
+from fpn.device import DevicePolicy, device_policy
+from fpn.losses import build_loss
+from fpn.storage import (
     MODEL_FILE,
     append_location_line,
-    is_remote,
     join_location,
     load_member_file,
     location_exists,
+    read_location_bytes,
     save_member,
+    write_location_bytes,
     write_location_text,
 )
-from fpn.losses import build_loss
-from fpn.training.device import DevicePolicy, device_policy
+from fpn.tags import VAL_SCORE
 from fpn.training.interruption import (
     SpotNoticePoller,
     StopRequest,
@@ -100,18 +102,7 @@ def save_train_state(state: dict[str, Any], location: str | Path) -> None:
 
     buf = io.BytesIO()
     torch.save(state, buf)
-    location = str(location)
-    if is_remote(location):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(location)
-        fs.pipe_file(path, buf.getvalue())
-        return
-    p = Path(location.removeprefix("file://"))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, p)
+    write_location_bytes(str(location).removeprefix("file://"), buf.getvalue())
 
 
 def load_train_state(location: str | Path) -> dict[str, Any] | None:
@@ -119,21 +110,9 @@ def load_train_state(location: str | Path) -> dict[str, Any] | None:
     (never unpickling code); None when there is none."""
     import io
 
-    location = str(location)
-    if is_remote(location):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(location)
-        fs.invalidate_cache()
-        try:
-            data = fs.cat_file(path)
-        except FileNotFoundError:
-            return None
-    else:
-        p = Path(location.removeprefix("file://"))
-        if not p.is_file():
-            return None
-        data = p.read_bytes()
+    data = read_location_bytes(str(location).removeprefix("file://"))
+    if data is None:
+        return None
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
@@ -272,7 +251,7 @@ def epoch_metrics(epoch: int, train: dict[str, float], val: Any, lr: float, worl
         "train/lr": lr,
         **{f"val/{k}": v for k, v in val.aggregate().items()},
     }
-    metrics["val_score"] = float(metrics.get(score_key, float("nan")))
+    metrics[VAL_SCORE] = float(metrics.get(score_key, float("nan")))
     return metrics
 
 
@@ -288,7 +267,7 @@ def checkpoint_and_report(epoch: int, metrics: dict[str, float], net: torch.nn.M
             save_member(Path(tmp) / MODEL_FILE, net, model_name=cfg.model.name,
                         model_kwargs={"in_channels": 1, "out_channels": 1, **cfg.model.kwargs},
                         target=cfg.data.target, zscore_eps=cfg.data.zscore_eps,
-                        extra={"epoch": epoch, "val_score": metrics["val_score"]})
+                        extra={"epoch": epoch, VAL_SCORE: metrics[VAL_SCORE]})
             save_train_state(train_state(epoch, 0, restored, opt, sched, world),
                              Path(tmp) / STATE_FILE)
             ckpt = ray.train.Checkpoint.from_directory(tmp)

@@ -11,7 +11,17 @@ from collections.abc import Sequence
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from tune.presets import PAPER_PRESETS
+
 __all__ = ["build_parser", "main"]
+
+
+def _grid_help() -> str:
+    """Each preset's default grid, as the help says it (from :data:`tune.presets.PAPER_PRESETS`)."""
+    return "; ".join(
+        f"{name}: {','.join(p.models)} / {','.join(p.ssl)} / "
+        f"{','.join(f'{r:g}' for r in p.ratios)} / {p.seeds} seed(s)"
+        for name, p in PAPER_PRESETS.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,17 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Every (network, pretraining, ratio, seed) on Ray with a fixed "
                        "recipe; test Dice/HD95/GA-area tables with paired Wilcoxon stars. "
                        "Defaults of --models/--ssl/--ratios/--seeds come from the preset "
-                       "(quick: lachinov,fpn / none,inverted_faf / 0.1,1.0 / 1 seed; paper: all "
-                       "five networks / none,slo,inverted_faf / 0.05,0.1,0.2,1.0 / 3 seeds). "
-                       "Cells: the mean over seeds of each seed's mean ± std over test visits.")
+                       f"({_grid_help()}).")
     p.add_argument("--data", help="fpn store (default: make the demo's synthetic store in OUT)")
     add_list(p, "--models", "networks, e.g. fpn lachinov or fpn,lachinov")
     add_list(p, "--ssl", "pretrainings: none, inverted_faf, faf, slo (space- or comma-separated)")
     add_ratios(p, "the preset's")
     p.add_argument("--seeds", type=int, help="seeds per (network, pretraining, ratio)")
-    p.add_argument("--preset", choices=["quick", "paper"], default="quick",
-                   help="paper: the faithful recipe (the poster's; the IPNs with Li et al.'s "
-                   "Adam 1e-4); quick: a small AdamW recipe for 2 CPU cores (default %(default)s)")
+    p.add_argument("--preset", choices=sorted(PAPER_PRESETS), default="quick",
+                   help="; ".join(f"{k}: recipe {v.recipe}" for k, v in PAPER_PRESETS.items())
+                   + " (tune/presets.py; default %(default)s)")
     p.add_argument("--out", "--workdir", dest="out", default="paper_table",
                    help="folder for everything (default %(default)s)")
     add_workers(p, "--workers-per-run", default=1)
@@ -52,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tune.cli import parse_sets, run_command
+    from fpn.config import parse_sets
+    from tune.cli import run_command
 
     args = build_parser().parse_args(argv)
     if args.crops_per_second is not None and not args.plan:
@@ -64,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         grid = {"out": args.out, "store": args.data, "preset": args.preset,
                 "models": args.models, "ssl": args.ssl, "ratios": args.ratios,
-                "seeds": args.seeds, "workers_per_run": args.workers,
+                "seeds": args.seeds, "workers": args.workers,
                 "overrides": parse_sets(args.set), "max_concurrent": args.max_concurrent}
         if args.plan:
             plan_paper_table(**grid, crops_per_second=args.crops_per_second)

@@ -18,15 +18,15 @@ anything trains (:func:`recipe_mismatch`), never silently reused.
 
 Recipes: the preset's (``paper``: ``faithful``; ``quick``: ``quick``), then the preset's
 per-network overrides (``paper``: Li et al.'s Adam for ``ipn`` / ``ipnv2``,
-:data:`tune.experiments.presets.AUTHORS_OPTIMISER`), then the caller's ``--set``.
+:data:`tune.presets.AUTHORS_OPTIMISER`), then the caller's ``--set``.
 
-Seeds, as the poster reports them: each seed's model gets its mean ± std over the test visits;
-a cell is the mean over seeds of those means ± the mean over seeds of those stds (visits are
-never averaged over seeds first: that would hide the spread). The Wilcoxon test pairs (seed,
-visit): seed ``s``'s model against the best row's seed-``s`` model on the same visit
-(:mod:`tune.results`). Seed ``s`` sets both the training seed and the labelled-subset seed (so
-seeds also vary which patients are labelled; every method sees the same subsets, which is what
-makes the (seed, visit) pairs fair). Pretrainings use seed 0.
+Statistics at the patient level (:mod:`tune.results`, :mod:`fpn.stats`): a cell is the mean over
+test patients of each patient's value (its mean over its visits, averaged over the seeds), with
+a bootstrap interval over patients and the spread between the seeds' means beside it; each row
+is compared with the column's best row by the paired test over patients (seed ``s`` with seed
+``s``), Holm-corrected over the table. Seed ``s`` sets both the training seed and the
+labelled-subset seed (so seeds also vary which patients are labelled; every method sees the same
+subsets, which is what makes the pairs fair). Pretrainings use seed 0.
 
 Outputs in OUT: ``paper_table.md`` (Dice, HD95 and GA-area error tables), ``paper_table.csv``
 (every cell with its p-value), ``per_visit.csv`` (every run's test visits), ``dice_vs_ratio.png``,
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import time
@@ -48,9 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from fpn import tags as T
-from fpn.config import SSL_TARGETS, TrainConfig, set_dotted
-from fpn.inference import join_location
-from fpn.training.run_record import RUN_FILE, read_run_record
+from fpn.config import SSL_TARGETS, TrainConfig, build_train_config
+from fpn.stats import visit_patients
+from fpn.storage import join_location, write_atomic
 from tune.core import (
     DRIVER_CPU,
     cluster_capacity,
@@ -59,13 +58,14 @@ from tune.core import (
     finished_run,
     make_synthetic_store,
     plan_resources,
-    write_atomic,
+    row_label,
 )
-from tune.experiments.presets import PRESETS, Preset
+from tune.presets import PAPER_PRESETS, PaperPreset
 from tune.results import (
     Cell,
     build_seed_cells,
     cells_csv,
+    comparisons_markdown,
     plot_cells,
     seed_table_markdown,
     table_markdown,
@@ -74,27 +74,20 @@ from tune.results import (
 __all__ = [
     "DRIVER_CPU",
     "EXPERIMENT",
-    "METHOD_NAMES",
-    "SSL_LABELS",
     "Job",
     "PaperTableResult",
     "PlannedRun",
+    "job_config",
     "plan_cost",
     "plan_jobs",
     "plan_markdown",
     "plan_paper_table",
     "recipe_mismatch",
-    "row_label",
     "run_paper_table",
     "seed_values",
 ]
 
 EXPERIMENT = "fpn-paper-table"
-#: the poster's names of the networks
-METHOD_NAMES = {"fpn": "FPN", "resensnet": "ReSensNet", "lachinov": "Lachinov et al.",
-                "ipn": "IPN", "ipnv2": "IPNv2"}
-#: how a pretraining target is written after the method name
-SSL_LABELS = {"inverted_faf": "FAF", "faf": "raw FAF", "slo": "SLO"}
 #: networks whose constructor needs the store's depth D
 DEPTH_MODELS = ("resensnet", "ipn", "ipnv2")
 #: (metric key, table title, scale, higher is better)
@@ -106,18 +99,12 @@ def _log(msg: str) -> None:
     print(f"[paper-table] {msg}", flush=True)
 
 
-def row_label(model: str, ssl: str) -> str:
-    """``FPN``, ``FPN (FAF)``, ``Lachinov et al. (SLO)``, ..."""
-    name = METHOD_NAMES.get(model, model)
-    return name if ssl == "none" else f"{name} ({SSL_LABELS.get(ssl, ssl)})"
-
-
 @dataclass
 class Job:
     """One training run: its config, the run it waits for, and whether it is evaluated."""
 
     name: str
-    config: dict[str, Any]
+    config: TrainConfig
     after: str | None = None
     evaluate: bool = False
     model: str = ""
@@ -138,123 +125,82 @@ class PaperTableResult:
     trained: list[str] = field(default_factory=list)
 
 
-def _base_tree(store: str, preset: Preset, overrides: dict[str, Any], *, storage: str,
-               tracking_uri: str, experiment: str, workers: int, cpus_per_worker: float) -> dict:
-    tree: dict[str, Any] = {"data": {"store": store}, "model": {"name": "fpn", "kwargs": {}}}
-    for dotted, value in {**preset.overrides, **overrides}.items():
-        set_dotted(tree, dotted, value)
-    tree.update(storage=storage, mlflow=tracking_uri, experiment=experiment, workers=workers)
-    tree.setdefault("cpus_per_worker", cpus_per_worker)
-    tree.setdefault("threads_per_worker", max(1, int(tree["cpus_per_worker"])))
-    return tree
+def job_config(preset: PaperPreset, model: str, *, shared: Mapping[str, Any],
+               overrides: Mapping[str, Any], job: Mapping[str, Any]) -> TrainConfig:
+    """One run's config (:func:`fpn.config.build_train_config`): the preset's recipe, its
+    per-network values for ``model``, what every run of the grid shares (store, storage,
+    tracking, workers), the caller's ``--set`` (which wins for every network), then the job's
+    own task, network, target, ratio, seed, name and ``init``."""
+    return build_train_config(preset.recipe, preset.per_model.get(model), shared, overrides,
+                              job, where=f"preset {preset.name!r}, {model}")
 
 
-def _tree_for(base: dict[str, Any], *, task: str, model: str, target: str, ratio: float,
-              seed: int, name: str, init: str | None, depth: int,
-              extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    tree = json.loads(json.dumps(base))  # a deep copy of plain data
-    for dotted, value in (extra or {}).items():  # the network's own recipe changes
-        set_dotted(tree, dotted, value)
-    tree["task"] = task
-    tree["data"].update(target=target, ratio=ratio, subset_seed=seed)
-    tree["model"]["name"] = model
-    if model in DEPTH_MODELS:
-        tree["model"]["kwargs"].setdefault("depth", depth)
-    tree.update(seed=seed, run_name=name, init=init)
-    TrainConfig.model_validate(tree)  # a bad override fails here, before anything runs
-    return tree
-
-
-def plan_jobs(base: dict[str, Any], *, prefix: str, models: Sequence[str], ssl: Sequence[str],
-              ratios: Sequence[float], seeds: int, depth: int, storage: str,
-              per_model: Mapping[str, Mapping[str, Any]] | None = None) -> list[Job]:
+def plan_jobs(preset: PaperPreset, *, shared: Mapping[str, Any], overrides: Mapping[str, Any],
+              prefix: str, models: Sequence[str], ssl: Sequence[str], ratios: Sequence[float],
+              seeds: int, depth: int) -> list[Job]:
     """Pretrainings first (one per model and target), then every fine-tuning, ratio by ratio
     (ascending as given), so that the cheap, label-scarce columns finish first.
 
     Args:
-        base: the shared TrainConfig tree (store, recipe, storage, tracking).
+        preset: the recipe and per-network values.
+        shared: dotted values every run shares (``data.store``, ``storage``, ``mlflow``, ...).
+        overrides: the caller's ``--set``.
         prefix: run name prefix (``pt-<preset>-<fingerprint8>``).
         depth: the store's D, for the networks that need it at construction.
-        storage: where runs live (to name a pretraining's run directory for ``init``).
-        per_model: dotted overrides for one network's runs (pretraining and fine-tuning), over
-            ``base`` (:meth:`tune.experiments.presets.Preset.model_overrides`).
     """
-    per_model = per_model or {}
+    def config(*, task: str, model: str, target: str, ratio: float, seed: int, name: str,
+               init: str | None) -> TrainConfig:
+        job = {"task": task, "model.name": model, "data.target": target, "data.ratio": ratio,
+               "data.subset_seed": seed, "seed": seed, "run_name": name, "init": init}
+        if model in DEPTH_MODELS:
+            job["model.kwargs.depth"] = depth
+        return job_config(preset, model, shared=shared, overrides=overrides, job=job)
+
+    storage = str(shared["storage"])
     jobs: list[Job] = []
     for model in models:
         for target in ssl:
             if target == "none":
                 continue
             name = f"{prefix}-pretrain-{model}-{target}"
-            jobs.append(Job(name, _tree_for(base, task="pretrain", model=model, target=target,
-                                            ratio=1.0, seed=0, name=name, init=None, depth=depth,
-                                            extra=per_model.get(model)),
+            jobs.append(Job(name, config(task="pretrain", model=model, target=target, ratio=1.0,
+                                         seed=0, name=name, init=None),
                             model=model, ssl=target))
     # ratio by ratio, smallest (cheapest) first: an interrupted grid leaves whole columns
     for ratio in ratios:
         for model in models:
             for target in ssl:
                 pre = None if target == "none" else f"{prefix}-pretrain-{model}-{target}"
-                init = None if pre is None else _join(storage, pre)
+                init = None if pre is None else join_location(storage, pre)
                 for seed in range(seeds):
                     name = f"{prefix}-{model}-{target}-r{ratio:g}-s{seed}"
-                    jobs.append(Job(name, _tree_for(base, task="finetune", model=model,
-                                                    target="mask", ratio=ratio, seed=seed,
-                                                    name=name, init=init, depth=depth,
-                                                    extra=per_model.get(model)),
+                    jobs.append(Job(name, config(task="finetune", model=model, target="mask",
+                                                 ratio=ratio, seed=seed, name=name, init=init),
                                     after=pre, evaluate=True, model=model, ssl=target,
                                     ratio=ratio, seed=seed))
     return jobs
 
 
-def _grid_jobs(base: dict[str, Any], *, preset: Preset, store: Any, models: Sequence[str],
-               ssl: Sequence[str], ratios: Sequence[float], seeds: int,
-               overrides: Mapping[str, Any]) -> list[Job]:
+def _grid_jobs(preset: PaperPreset, *, shared: Mapping[str, Any], overrides: Mapping[str, Any],
+               store: Any, models: Sequence[str], ssl: Sequence[str], ratios: Sequence[float],
+               seeds: int) -> list[Job]:
     """The grid's jobs for an open store. Run names depend only on the preset, the store and the
     grid, so ``--plan`` and the run name (and find finished) the same runs; a finished run is
     reused only when it trained with the same recipe (:func:`recipe_mismatch`)."""
-    per_model = {m: preset.model_overrides(m, overrides) for m in models}
-    return plan_jobs(base, prefix=f"pt-{preset.name}-{store.fingerprint[:8]}", models=models,
-                     ssl=ssl, ratios=ratios, seeds=seeds,
-                     depth=store.visits_for()[0].shape[1], storage=base["storage"],
-                     per_model=per_model)
+    return plan_jobs(preset, shared=shared, overrides=overrides,
+                     prefix=f"pt-{preset.name}-{store.fingerprint[:8]}", models=models, ssl=ssl,
+                     ratios=ratios, seeds=seeds, depth=store.visits_for()[0].shape[1])
 
 
-#: TrainConfig keys that say where and how fast a run trains, not what it learns: a finished run
-#: that differs from the wanted config only in these is the same run
-_INFRASTRUCTURE_KEYS = ("storage", "mlflow", "experiment", "workers", "workers_min",
-                        "gpus_per_worker", "cpus_per_worker", "threads_per_worker", "max_failures",
-                        "run_name", "tags", "overlay_every", "log_model", "fail_at_epoch", "init",
-                        "channels_last", "compile", "compile_backend", "data.store",
-                        "data.storage_options", "data.loader_workers")
+def recipe_mismatch(recorded: Mapping[str, Any], wanted: TrainConfig) -> list[str]:
+    """The training-relevant keys on which a finished run's recorded config differs from the
+    wanted one, as ``key: recorded -> wanted`` (:func:`fpn.training.identity.config_differences`,
+    the test that identifies every run). The pretraining a fine-tuning starts from is known by
+    its run name, so ``init`` (its location) is not compared."""
+    from fpn.training.identity import config_differences
 
-
-def recipe_mismatch(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    """The recipe keys on which a finished run's recorded config differs from the wanted one,
-    as ``key: recorded != wanted`` (infrastructure keys, :data:`_INFRASTRUCTURE_KEYS`, ignored).
-    The pretraining a fine-tuning starts from is known by its run name, so ``init`` is ignored."""
-    def flat(tree: Mapping[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-
-        def walk(prefix: str, node: Any) -> None:
-            if isinstance(node, Mapping) and not prefix.endswith("kwargs"):
-                for k, v in node.items():
-                    walk(f"{prefix}.{k}" if prefix else str(k), v)
-            else:
-                out[prefix] = node
-
-        walk("", tree)
-        return {k: v for k, v in out.items()
-                if not any(k == i or k.startswith(f"{i}.") for i in _INFRASTRUCTURE_KEYS)}
-
-    a = flat(recorded)
-    b = flat(TrainConfig.model_validate(dict(wanted)).model_dump(mode="json"))
-    return [f"{k}: {a.get(k, '<unset>')!r} != {b.get(k, '<unset>')!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
-
-
-def _join(storage: str, name: str) -> str:
-    return join_location(storage, name)
+    return [d for d in config_differences(dict(recorded), wanted.model_dump(mode="json"))
+            if not d.startswith("init:")]
 
 
 # -- what the grid costs, before anything runs --------------------------------------------------
@@ -286,7 +232,7 @@ def plan_cost(jobs: Sequence[Job], store: Any, *, storage: str) -> list[PlannedR
 
     rows = []
     for job in jobs:
-        cfg = TrainConfig.model_validate(job.config)
+        cfg = job.config
         vp = plan_visits(store, cfg.data.target, cfg.data.ratio, cfg.data.subset_seed)
         crops = cfg.epochs * cfg.data.multiplier * len(vp.train_keys)
         rows.append(PlannedRun(job.name, cfg.task, cfg.data.target, row_label(job.model, job.ssl),
@@ -335,7 +281,7 @@ def plan_markdown(rows: Sequence[PlannedRun], *, crop: Sequence[int], concurrenc
 
 # -- one run, in a Ray task ------------------------------------------------------------------
 
-def _execute_job(config: dict[str, Any], parent_run_id: str, tags: dict[str, str],
+def _execute_job(cfg: TrainConfig, parent_run_id: str, tags: dict[str, str],
                  eval_dir: str | None) -> dict[str, Any]:
     """Train (or find finished) one run; evaluate it (once) when ``eval_dir`` is given."""
     import torch
@@ -343,17 +289,13 @@ def _execute_job(config: dict[str, Any], parent_run_id: str, tags: dict[str, str
     from fpn.training.driver import run_training
 
     torch.set_num_threads(1)  # the work happens in the Train workers; evaluation is small
-    cfg = TrainConfig.model_validate(config)
     started = time.monotonic()
-    outcome = run_training(cfg, parent_run_id=parent_run_id, extra_tags=tags)
-    out: dict[str, Any] = {"outcome": asdict(outcome), "seconds": time.monotonic() - started}
+    record = run_training(cfg, parent_run_id=parent_run_id, extra_tags=tags)
+    out: dict[str, Any] = {"record": asdict(record), "seconds": time.monotonic() - started}
     if eval_dir is not None:
         from fpn.data.store import open_store
 
         store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
-        record = read_run_record(outcome.run_dir)
-        if record is None:
-            raise RuntimeError(f"{outcome.run_dir}: the finished run left no {RUN_FILE}")
         out["records"] = evaluate_run(record, store, tracking_uri=cfg.tracking_uri(),
                                       out_dir=eval_dir, log=_log).records
     return out
@@ -415,7 +357,7 @@ def seed_values(jobs: Sequence[Job], done: dict[str, dict],
 
 def _per_visit_csv(jobs: Sequence[Job], done: dict[str, dict]) -> str:
     buf = io.StringIO()
-    cols = ["method", "model", "ssl", "ratio", "seed", "run", "visit", "dice", "hd95",
+    cols = ["method", "model", "ssl", "ratio", "seed", "run", "visit", "patient_id", "dice", "hd95",
             "area_pred_mm2", "area_true_mm2", "area_error_mm2"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
@@ -429,16 +371,15 @@ def _per_visit_csv(jobs: Sequence[Job], done: dict[str, dict]) -> str:
 
 
 def _report(preset: str, seeds: int, cells: dict[str, list[Cell]], failed: dict[str, str]) -> str:
-    legend = ("Each seed's model (its k-best ensemble) gets its mean ± std over the test "
-              f"visits; a cell is the mean over the {seeds} seed(s) of those means ± the mean "
-              "of those stds (per-seed values below the tables and in paper_table.csv). Stars: "
-              "two-sided paired Wilcoxon signed-rank test against the best row of the column "
-              "(bold), pairing each seed's model with the same seed's model of the best row on "
-              "the same test visit: * p < 0.05, ** p < 0.01, *** p < 0.001.")
+    legend = (f"Each of the {seeds} seed(s) trains every method on the same labelled patients "
+              "(seed s also picks which ones); each model is its k-best ensemble. The unit is "
+              "the test patient: the notes under each table say how cells, intervals and tests "
+              "are computed and on how many patients and visits they rest.")
     lines = [f"# Test results, preset `{preset}`", "", legend, ""]
     for key, title, scale, _ in METRICS:
         lines += [f"## {title}", "", table_markdown(cells[key], title="Method", scale=scale)]
-    lines += ["## Dice (%) of each seed's model", "",
+    lines += ["## Comparisons (Dice, %)", "", comparisons_markdown(cells["dice"], scale=100.0),
+              "## Dice (%) of each seed's model", "",
               seed_table_markdown(cells["dice"], title="Method", scale=100.0)]
     if failed:
         lines += ["## Failed runs", ""] + [f"- `{k}`: {v}" for k, v in failed.items()] + [""]
@@ -447,9 +388,19 @@ def _report(preset: str, seeds: int, cells: dict[str, list[Cell]], failed: dict[
 
 # -- the command -----------------------------------------------------------------------------
 
-def _make_demo_store(out: Path) -> str:
-    """The demo's synthetic store in ``OUT/data`` (made once; ``python -m tune.demo``'s)."""
-    return make_synthetic_store(out / "data", shape=(16, 64, 128), visits=3, log=_log)
+def _make_demo_store(out: Path, preset: PaperPreset) -> str:
+    """The preset's synthetic store in ``OUT/data`` (made once)."""
+    return make_synthetic_store(out / "data", preset.store, log=_log)
+
+
+def _shared(store: str, *, storage: str, tracking_uri: str, experiment: str, workers: int,
+            gpus_per_worker: float, cpus_per_worker: float) -> dict[str, Any]:
+    """What every run of the grid shares: where the data, the runs and the tracking are, and
+    the resources of its Train workers."""
+    return {"data.store": store, "storage": storage, "mlflow": tracking_uri,
+            "experiment": experiment, "workers": workers, "gpus_per_worker": gpus_per_worker,
+            "cpus_per_worker": cpus_per_worker,
+            "threads_per_worker": max(1, int(cpus_per_worker))}
 
 
 def _check_grid(models: Sequence[str], ssl: Sequence[str], ratios: Sequence[float],
@@ -471,26 +422,26 @@ def _check_grid(models: Sequence[str], ssl: Sequence[str], ratios: Sequence[floa
 
 
 def _resolve_grid(preset: str, models: Sequence[str] | None, ssl: Sequence[str] | None,
-                  ratios: Sequence[float] | None, seeds: int | None, workers_per_run: int,
-                  ) -> tuple[Preset, list[str], list[str], list[float], int]:
+                  ratios: Sequence[float] | None, seeds: int | None, workers: int,
+                  ) -> tuple[PaperPreset, list[str], list[str], list[float], int]:
     """The preset and the grid, the preset's defaults filling what is not given; checked."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    chosen = PRESETS[preset]
+    if preset not in PAPER_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PAPER_PRESETS)}")
+    chosen = PAPER_PRESETS[preset]
     models = list(models or chosen.models)
     ssl = list(ssl or chosen.ssl)
     ratios = sorted(float(r) for r in (ratios or chosen.ratios))
     seeds = int(seeds if seeds is not None else chosen.seeds)
     _check_grid(models, ssl, ratios, seeds)
-    if workers_per_run < 1:
-        raise ValueError(f"--workers-per-run must be >= 1, got {workers_per_run}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     return chosen, models, ssl, ratios, seeds
 
 
 def plan_paper_table(*, out: str | Path, store: str | None = None, preset: str = "quick",
                      models: Sequence[str] | None = None, ssl: Sequence[str] | None = None,
                      ratios: Sequence[float] | None = None, seeds: int | None = None,
-                     workers_per_run: int = 1, overrides: dict[str, Any] | None = None,
+                     workers: int = 1, overrides: dict[str, Any] | None = None,
                      max_concurrent: int | None = None,
                      crops_per_second: float | None = None) -> str:
     """What :func:`run_paper_table` would train, and what it costs; starts nothing.
@@ -505,7 +456,7 @@ def plan_paper_table(*, out: str | Path, store: str | None = None, preset: str =
     from fpn.data.store import open_store
 
     chosen, models, ssl, ratios, seeds = _resolve_grid(preset, models, ssl, ratios, seeds,
-                                                       workers_per_run)
+                                                       workers)
     if crops_per_second is not None and not crops_per_second > 0:
         raise ValueError(f"--crops-per-second must be > 0, got {crops_per_second}")
     if store is not None:
@@ -513,16 +464,16 @@ def plan_paper_table(*, out: str | Path, store: str | None = None, preset: str =
     else:
         out = Path(out).resolve()
         out.mkdir(parents=True, exist_ok=True)
-        store = _make_demo_store(out)
+        store = _make_demo_store(out, chosen)
         opened = open_store(store)
     storage = str(Path(out).resolve() / "runs")
-    base = _base_tree(store, chosen, dict(overrides or {}), storage=storage,
-                      tracking_uri="sqlite:///unused.db", experiment=EXPERIMENT,
-                      workers=workers_per_run, cpus_per_worker=1.0)
-    jobs = _grid_jobs(base, preset=chosen, store=opened, models=models, ssl=ssl, ratios=ratios,
-                      seeds=seeds, overrides=dict(overrides or {}))
+    shared = _shared(store, storage=storage, tracking_uri="sqlite:///unused.db",
+                     experiment=EXPERIMENT, workers=workers, gpus_per_worker=0.0,
+                     cpus_per_worker=1.0)
+    jobs = _grid_jobs(chosen, shared=shared, overrides=dict(overrides or {}), store=opened,
+                      models=models, ssl=ssl, ratios=ratios, seeds=seeds)
     rows = plan_cost(jobs, opened, storage=storage)
-    crop = TrainConfig.model_validate(jobs[0].config).data.crop
+    crop = jobs[0].config.data.crop
     text = (f"# paper-table plan, preset `{preset}`, store {store}\n\n"
             + plan_markdown(rows, crop=crop, concurrency=max_concurrent or 1,
                             crops_per_second=crops_per_second))
@@ -533,7 +484,7 @@ def plan_paper_table(*, out: str | Path, store: str | None = None, preset: str =
 def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = "quick",
                     models: Sequence[str] | None = None, ssl: Sequence[str] | None = None,
                     ratios: Sequence[float] | None = None, seeds: int | None = None,
-                    workers_per_run: int = 1, gpus_per_worker: float = 0.0,
+                    workers: int = 1, gpus_per_worker: float = 0.0,
                     mlflow: str | None = None, experiment: str = EXPERIMENT,
                     overrides: dict[str, Any] | None = None, max_concurrent: int | None = None,
                     num_cpus: int | None = None) -> PaperTableResult:
@@ -542,10 +493,10 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
     Args:
         out: folder for the runs, evaluations, tables, plot (and the store and MLflow database
             when not given).
-        store: the fpn store; None makes the synthetic store of ``python -m fpn demo`` in OUT.
-        preset: ``quick`` or ``paper`` (:mod:`tune.experiments.presets`).
+        store: the fpn store; None makes the preset's synthetic store in OUT.
+        preset: ``quick`` or ``paper`` (:data:`tune.presets.PAPER_PRESETS`).
         models, ssl, ratios, seeds: the grid; None takes the preset's default.
-        workers_per_run: Ray Train workers of each run.
+        workers: Ray Train workers of each run.
         gpus_per_worker: GPUs of each Train worker (0 on CPU).
         mlflow: tracking URI (default ``sqlite:///OUT/mlflow.db``).
         overrides: dotted TrainConfig values applied after the preset's (tests, experiments).
@@ -559,30 +510,28 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
 
     from fpn.data.store import open_store
     from fpn.tracking import client_for, ensure_experiment, find_or_create_run
-    from fpn.training.driver import ensure_ray
+    from fpn.training.ray_connect import connect_ray
 
     chosen, models, ssl, ratios, seeds = _resolve_grid(preset, models, ssl, ratios, seeds,
-                                                       workers_per_run)
+                                                       workers)
     if store is not None:
         open_store(store)  # a bad store fails here, with its name, before OUT is made
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ensure_ray(num_cpus)
-    store_path = store if store is not None else _make_demo_store(out)
+    connect_ray(num_cpus=num_cpus)
+    store_path = store if store is not None else _make_demo_store(out, chosen)
     opened = open_store(store_path)
     uri = mlflow or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
     cpus, gpus = cluster_capacity()
-    plan = plan_resources(cpus, gpus, workers=workers_per_run, gpus_per_worker=gpus_per_worker,
+    plan = plan_resources(cpus, gpus, workers=workers, gpus_per_worker=gpus_per_worker,
                           max_concurrent=max_concurrent)
     conc, cpw = plan.concurrency, plan.cpus_per_worker
-    base = _base_tree(store_path, chosen, {"gpus_per_worker": gpus_per_worker,
-                                           **(overrides or {})},
-                      storage=str(out / "runs"), tracking_uri=uri, experiment=experiment,
-                      workers=workers_per_run, cpus_per_worker=cpw)
-    jobs = _grid_jobs(base, preset=chosen, store=opened, models=models, ssl=ssl, ratios=ratios,
-                      seeds=seeds, overrides={"gpus_per_worker": gpus_per_worker,
-                                              **(overrides or {})})
-    _check_reuse(jobs, base["storage"])
+    storage = str(out / "runs")
+    shared = _shared(store_path, storage=storage, tracking_uri=uri, experiment=experiment,
+                     workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpw)
+    jobs = _grid_jobs(chosen, shared=shared, overrides=dict(overrides or {}), store=opened,
+                      models=models, ssl=ssl, ratios=ratios, seeds=seeds)
+    _check_reuse(jobs, storage)
 
     client = client_for(uri)
     exp_id = ensure_experiment(client, experiment, uri)
@@ -596,14 +545,17 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
         client.set_tag(parent_id, k, v)
     if resumed:
         client.update_run(parent_id, status="RUNNING")
-    finished_before = {j.name for j in jobs if _finished(base["storage"], j.name)}
+    finished_before = {j.name for j in jobs if _finished(storage, j.name)}
     _log(f"{len(jobs)} runs ({len(finished_before)} already finished), {conc} at a time, "
          f"{cpw:g} CPU per Train worker; MLflow {uri}, parent run {parent_id}")
 
     done, failed = _run_jobs(jobs, concurrency=conc, parent_run_id=parent_id,
                              eval_dir=out / "evaluations", tags={T.PAPER_TABLE: preset})
 
-    cells = {key: build_seed_cells(seed_values(jobs, done, key), higher_is_better=better)
+    patients = visit_patients([rec for j in jobs if j.evaluate and j.name in done
+                               for rec in done[j.name]["records"]])
+    cells = {key: build_seed_cells(seed_values(jobs, done, key), patients,
+                                   higher_is_better=better)
              for key, _, _, better in METRICS}
     markdown = _report(preset, seeds, cells, failed)
     write_atomic(out / "paper_table.md", markdown)
@@ -637,5 +589,5 @@ def _check_reuse(jobs: Sequence[Job], storage: str) -> None:
         diff = recipe_mismatch(record.config, job.config)
         if diff:
             more = f" (and {len(diff) - 2} more)" if len(diff) > 2 else ""
-            raise ValueError(f"{_join(storage, job.name)}: finished with another recipe "
+            raise ValueError(f"{join_location(storage, job.name)}: finished with another recipe "
                              f"({'; '.join(diff[:2])}{more}); move it away or use another --out")

@@ -1,31 +1,34 @@
-"""A run's record, ``fpn_run.json``: what a finished training run left, at a path or a URL.
+"""A run's record, ``fpn_run.json``: the one description of a training run, at a path or a URL.
 
-The driver writes it when a run starts (``finished: false``, its identity: ``store_fingerprint``
-and ``config_hash``, and the resolved config) and again when it finishes (its
-:class:`~fpn.training.driver.TrainingOutcome`, ``finished: true``); everything that asks "is this run finished, and
-where are its best checkpoints?" reads it here, through fsspec, so that a local run directory
-and one on an object store (``s3://...``) are read the same way.
+The training driver writes it when a run starts (``finished: false``, its identity:
+``store_fingerprint`` and ``config_hash``, and the resolved config) and again when it finishes
+(the k best checkpoints, their scores, the last metrics, ``finished: true``), and returns the
+same :class:`RunRecord`. Everything that asks "is this run finished, and where are its best
+checkpoints?" reads it here, through fsspec, so that a local run directory and one on an object
+store (``s3://...``) are read the same way.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fpn.inference import RUN_FILE, join_location, read_location_text, write_location_text
+from fpn.storage.locations import join_location, read_location_text, write_location_text
 
 __all__ = ["RUN_FILE", "RunRecord", "finished_run", "read_run_record", "write_run_record"]
+
+RUN_FILE = "fpn_run.json"
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """The content of ``fpn_run.json``."""
+    """The content of ``fpn_run.json``: where a run lives, what it is and what it left."""
 
     run_name: str
     run_dir: str
     mlflow_run_id: str = ""
-    best_checkpoints: list[str] = field(default_factory=list)
+    best_checkpoints: list[str] = field(default_factory=list)  #: locations, best first
     best_scores: list[float] = field(default_factory=list)
     score_name: str = ""
     last_metrics: dict[str, float] = field(default_factory=dict)
@@ -46,6 +49,9 @@ class RunRecord:
         """Finished with at least one checkpoint: something to evaluate and register."""
         return self.finished and bool(self.best_checkpoints)
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
     @classmethod
     def from_json(cls, text: str, where: str) -> RunRecord:
         try:
@@ -55,6 +61,11 @@ class RunRecord:
         if not isinstance(raw, dict) or "run_name" not in raw or "run_dir" not in raw:
             raise ValueError(f"{where}: not a run record (no run_name / run_dir)")
         return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+
+def write_run_record(record: RunRecord) -> None:
+    """Write ``record`` to its run directory's ``fpn_run.json``, whole or not at all."""
+    write_location_text(join_location(record.run_dir, RUN_FILE), record.to_json())
 
 
 def read_run_record(run_dir: str) -> RunRecord | None:
@@ -88,10 +99,3 @@ def finished_run(storage: str, run_name: str, *, store_fingerprint: str | None =
     if config_hash is not None and record.config_hash != config_hash:
         return None
     return record
-
-
-def write_run_record(run_dir: str, outcome: dict[str, Any], config: dict[str, Any]) -> None:
-    """Write ``fpn_run.json`` for a finished run, whole or not at all."""
-    write_location_text(join_location(run_dir, RUN_FILE),
-                        json.dumps({**outcome, "finished": True, "config": config},
-                                   indent=2, sort_keys=True))

@@ -1,4 +1,5 @@
-"""The model-file format: one ensemble member per ``model.pt``.
+"""The checkpoint member format that training writes and inference reads: one ensemble member
+per ``model.pt``.
 
 ``{"format", "model_name", "model_kwargs", "state_dict", "target", "zscore_eps", ...}``: plain
 tensors and builtins, written atomically and loaded with ``weights_only=True``.
@@ -6,16 +7,19 @@ tensors and builtins, written atomically and loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fpn.storage.locations import atomic_file
+
 __all__ = ["FORMAT", "MODEL_FILE", "build_member", "load_member_file", "save_member"]
 
 MODEL_FILE = "model.pt"
 FORMAT = "fpn-member/1"
+
+
 def save_member(path: str | Path, model: torch.nn.Module, *, model_name: str,
                 model_kwargs: dict[str, Any], target: str, zscore_eps: float,
                 extra: dict[str, Any] | None = None) -> None:
@@ -25,9 +29,8 @@ def save_member(path: str | Path, model: torch.nn.Module, *, model_name: str,
     payload = {"format": FORMAT, "model_name": model_name, "model_kwargs": dict(model_kwargs),
                "state_dict": state, "target": target, "zscore_eps": float(zscore_eps),
                **(extra or {})}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_member_file(path: str | Path) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fpn.inference.locations import RUN_FILE, _fs, is_remote, join_location
-from fpn.inference.member import MODEL_FILE, load_member_file
+from fpn.storage.locations import _fs, is_remote, join_location
+from fpn.storage.member import MODEL_FILE, load_member_file
+from fpn.storage.run_record import RUN_FILE
 
 __all__ = ["load_members", "resolve_members"]
 
