@@ -45,6 +45,7 @@ if str(_ROOT) not in sys.path:
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from fpn import tags as T
+from fpn.storage import write_atomic
 
 __all__ = ["epochs_to_reach", "main", "run_strategy"]
 
@@ -113,7 +114,7 @@ def run_strategy(strategy: str, *, base: Any, space: Any, trials: int, epochs: i
     from fpn.tracking import client_for, ensure_experiment, find_or_create_run
     from tune.core import driver_resources
     from tune.pruning import CooperativeASHA, stop_board
-    from tune.trial import TrialSpec, train_trial
+    from tune.trial import FINAL, TrialSpec, train_trial
 
     study = f"effbench-{strategy}-{int(time.time())}"
     uri = base.tracking_uri()
@@ -154,7 +155,7 @@ def run_strategy(strategy: str, *, base: Any, space: Any, trials: int, epochs: i
         if df is None or METRIC not in df:
             continue
         for _, row in df.iterrows():
-            if row.get("final") == 1.0:  # train_trial's closing summary, not an epoch
+            if row.get(FINAL) == 1.0:  # train_trial's closing summary, not an epoch
                 continue
             reports.append({"trial": i, "epoch": int(row["training_iteration"]),
                             METRIC: float(row[METRIC]), "timestamp": float(row["timestamp"])})
@@ -165,7 +166,7 @@ def epochs_to_reach(reports: list[dict[str, Any]], target: float) -> int | None:
     """Trial-epochs spent (all trials, in report order) until a report first reaches ``target``."""
     ordered = sorted(reports, key=lambda r: (r["timestamp"], r["trial"], r["epoch"]))
     for spent, rep in enumerate(ordered, start=1):
-        if rep["val_score"] >= target - 1e-12:
+        if rep[METRIC] >= target - 1e-12:
             return spent
     return None
 
@@ -182,7 +183,7 @@ def rank_agreement(reports: list[dict[str, Any]], epochs: int) -> dict[int, floa
 
     by_trial: dict[int, dict[int, float]] = {}
     for r in reports:
-        by_trial.setdefault(r["trial"], {})[r["epoch"]] = r["val_score"]
+        by_trial.setdefault(r["trial"], {})[r["epoch"]] = r[METRIC]
     full = [t for t in by_trial.values() if all(e in t for e in range(1, epochs + 1))]
     if len(full) < 3:
         return {}
@@ -201,7 +202,7 @@ def _details(results: dict[str, list[dict[str, Any]]], epochs: int) -> str:
         by_trial: dict[int, list[dict[str, Any]]] = {}
         for r in reps:
             by_trial.setdefault(r["trial"], []).append(r)
-        full = sorted(max(x["val_score"] for x in v) for v in by_trial.values()
+        full = sorted(max(x[METRIC] for x in v) for v in by_trial.values()
                       if len(v) >= epochs)
         if full:
             lines.append(f"{name}: {len(full)} trial(s) ran all {epochs} epochs; their best val "
@@ -218,7 +219,7 @@ def _table(results: dict[str, list[dict[str, Any]]], target: float,
               f"trial-epochs to reach {target:.4f} | to reach {target - margin:.4f} |")
     lines = [header, "|---|---|---|---|---|---|"]
     for name, reps in results.items():
-        best = max((r["val_score"] for r in reps), default=float("nan"))
+        best = max((r[METRIC] for r in reps), default=float("nan"))
         cells = [epochs_to_reach(reps, t) for t in (target, target - margin)]
         lines.append(f"| {name} | {len({r['trial'] for r in reps})} | {len(reps)} | {best:.4f} | "
                      + " | ".join("not reached" if c is None else str(c) for c in cells) + " |")
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = len(results["fifo_random"])
     spent = {k: len(v) for k, v in results.items()}
     cut = {k: within_budget(v, budget) for k, v in results.items()}
-    target = max((r["val_score"] for r in results["fifo_random"]), default=float("nan"))
+    target = max((r[METRIC] for r in results["fifo_random"]), default=float("nan"))
     print(f"\nSearch efficiency: budget {budget} trial-epochs (FIFO: {args.trials} trials x "
           f"{args.epochs} epochs), {concurrency} trials at a time, seed {args.seed}, ASHA grace "
           f"period {grace}; store {store}, ratio {args.ratio:g}")
@@ -352,12 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
           + f"; total {time.monotonic() - started:.0f} s")
     out = work / "search_efficiency.json"
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # no half-written file on a crash
-    tmp.write_text(json.dumps(
+    write_atomic(out, json.dumps(  # no half-written file on a crash
         {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
          "target": target, "budget": budget, "spent": spent, "seconds": seconds,
          "reports": cut, "all_reports": results}, indent=2))
-    os.replace(tmp, out)
     print(f"reports: {out}")
     return 0
 

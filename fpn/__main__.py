@@ -135,8 +135,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from fpn.evaluation import predict
 
     rows = predict(args.model, out=args.out, store=args.data, split=args.split,
-                   input_file=args.input, tracking_uri=args.mlflow, k=args.k)
+                   input_file=args.input, tracking_uri=args.mlflow, k=args.k,
+                   spacing=tuple(args.spacing) if args.spacing else None)
     print(f"[fpn] wrote {len(rows)} prediction(s) and {args.out}/areas.csv")
+    if any("area_px" in r for r in rows):
+        print("[fpn] the input carries no spacing: areas are in pixels (--spacing S D W, in mm, "
+              "gives mm^2)")
+    return 0
+
+
+def _cmd_growth(args: argparse.Namespace) -> int:
+    from fpn.evaluation import growth
+
+    summary = growth(args.model, args.data, out=args.out,
+                     split=None if args.split == "all" else args.split, tracking_uri=args.mlflow,
+                     k=args.k, threshold=args.threshold)
+    print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
@@ -157,8 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reinit-head", dest="reinit_head", action="store_const", const=True)
     p.add_argument("--pretrained-lr-scale", dest="optim.pretrained_lr_scale", type=float)
 
-    for name, helptext in (("evaluate", "Dice/HD95 (or SSIM) per visit with the k-best ensemble"),
-                           ("predict", "masks, probability maps, overlays and areas.csv")):
+    helps = {"evaluate": "Dice/HD95 (or SSIM) per visit with the k-best ensemble, "
+                         "patient-level intervals, area agreement with the graders",
+             "predict": "masks, probability maps, overlays and areas.csv",
+             "growth": "GA area and growth rate per eye across visits, with the ensemble's "
+                       "spread and agreement with the graders"}
+    for name, helptext in helps.items():
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True, help="checkpoint, run dir or models:/NAME@ALIAS")
         p.add_argument("--data", help="store path or URL")
@@ -167,9 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--k", type=int, help="use only the k best members")
         if name == "evaluate":
             p.add_argument("--out", help="folder for the per-visit CSV (default: next to nothing)")
-        else:
+        elif name == "predict":
             p.add_argument("--input", help="one OCT file (any format data_prep reads)")
+            p.add_argument("--spacing", type=float, nargs=3, metavar=("S", "D", "W"),
+                           help="voxel spacing in mm of --input when the file carries none "
+                           "(without it: areas in pixels)")
             p.add_argument("--out", required=True)
+        else:
+            p.add_argument("--out", required=True, help="folder for growth.csv and the plots")
+            p.add_argument("--threshold", type=float, default=0.5,
+                           help="on the mean probability (default %(default)s)")
     # everything after "registry" goes to fpn.registry_cli's own parser (list, promote, rollback)
     p = sub.add_parser("registry", help="list, promote (gated) and roll back registered models",
                        add_help=False)
@@ -197,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.data:
                 raise ValueError("evaluate needs --data STORE")
             return _cmd_evaluate(args)
+        if args.command == "growth":
+            if not args.data:
+                raise ValueError("growth needs --data STORE (its visits' days and eyes)")
+            return _cmd_growth(args)
         if args.command == "predict":
             if bool(args.data) == bool(args.input):
                 raise ValueError("predict needs exactly one of --data STORE or --input FILE")

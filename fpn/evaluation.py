@@ -31,10 +31,12 @@ from fpn.readout import write_readout
 from fpn.stats import record_metrics
 from fpn.storage import RUN_FILE, atomic_file, join_location, read_location_text
 
-__all__ = ["AREAS_COLUMNS", "SplitEvaluation", "evaluate", "evaluate_ensemble", "evaluate_split",
-           "keys_digest", "predict"]
+__all__ = ["AREAS_COLUMNS", "AREAS_COLUMNS_PX", "SplitEvaluation", "evaluate",
+           "evaluate_ensemble", "evaluate_split", "growth", "keys_digest", "predict"]
 
 AREAS_COLUMNS = ["visit", "patient_id", "eye", "day", "mask_png", "area_mm2"]
+#: ``areas.csv`` of volumes without a spacing: the area in pixels
+AREAS_COLUMNS_PX = [*AREAS_COLUMNS[:-1], "area_px"]
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -200,11 +202,14 @@ def _save_png(path: Path, array: np.ndarray) -> None:
 def predict(model_ref: str, *, out: str, store: str | None = None, split: str = "test",
             input_file: str | None = None, tracking_uri: str | None = None,
             k: int | None = None, threshold: float = 0.5,
-            storage_options: dict | None = None) -> list[dict[str, Any]]:
+            storage_options: dict | None = None,
+            spacing: tuple[float, float, float] | None = None) -> list[dict[str, Any]]:
     """Predict en-face masks; per visit ``<visit>_mask.png`` (uint8 0/255, native (S, W)),
     ``<visit>_prob.npy`` (float32), ``<visit>_overlay.png``; and ``areas.csv`` (written last).
 
-    Area in mm^2 = mask pixels x spacing_S x spacing_W.
+    Area in mm^2 = mask pixels x spacing_S x spacing_W. A file without spacing (a bare ``.npy``)
+    takes ``spacing`` (mm, ``(S, D, W)``); without either its mask is still written, with the
+    area in pixels (``area_px`` instead of ``area_mm2`` in ``areas.csv``).
     """
     from fpn.config import default_mlflow_uri
     from fpn.training.overlays import enface_projection, save_overlay
@@ -218,32 +223,80 @@ def predict(model_ref: str, *, out: str, store: str | None = None, split: str = 
         if input_file is not None:
             from fpn.data.readers import read_oct
 
-            vol, spacing, _ = read_oct(input_file)
-            if spacing is None:
-                raise ValueError(f"{input_file}: the file carries no spacing, so areas in mm^2 "
-                                 "cannot be computed; convert it with a manifest that gives it")
-            yield Path(input_file).name.split(".")[0], vol, spacing, {}
+            vol, file_spacing, _ = read_oct(input_file)
+            yield (Path(input_file).name.split(".")[0], vol,
+                   spacing if spacing is not None else file_spacing, {})
             return
         st = open_store(store, storage_options=storage_options)
         infos = st.visits_for(splits=split)
         if not infos:
             raise ValueError(f"{store}: no visits in split {split!r}")
         for info in infos:
-            yield info.key, st.read(info.key, "oct"), info.spacing_mm, {
+            yield info.key, st.read(info.key, "oct"), spacing or info.spacing_mm, {
                 "patient_id": info.patient_id, "eye": info.eye, "day": info.day}
 
     rows = []
-    for key, vol, spacing, meta in items():
+    for key, vol, vol_spacing, meta in items():
         prob = ensemble.predict_volume(vol)
         mask = (prob >= threshold).astype(np.uint8)
         mask_png = out_dir / f"{key}_mask.png"
         _save_png(mask_png, mask * 255)
         _atomic_write(out_dir / f"{key}_prob.npy", partial(_save_npy, array=prob))
+        sw = (1.0, 1.0) if vol_spacing is None else (vol_spacing[0], vol_spacing[2])
         save_overlay(out_dir / f"{key}_overlay.png", enface_projection(vol), prob, None,
-                     ssl=False, title=key, spacing_sw=(spacing[0], spacing[2]))
-        rows.append({"visit": key, "patient_id": meta.get("patient_id", ""),
-                     "eye": meta.get("eye", ""), "day": meta.get("day", ""),
-                     "mask_png": mask_png.name,
-                     "area_mm2": float(mask.sum()) * float(spacing[0]) * float(spacing[2])})
-    _write_csv(out_dir / "areas.csv", rows, AREAS_COLUMNS)
+                     ssl=False, title=key, spacing_sw=sw)
+        row = {"visit": key, "patient_id": meta.get("patient_id", ""),
+               "eye": meta.get("eye", ""), "day": meta.get("day", ""), "mask_png": mask_png.name}
+        if vol_spacing is None:
+            row["area_px"] = float(mask.sum())
+        else:
+            row["area_mm2"] = float(mask.sum()) * float(vol_spacing[0]) * float(vol_spacing[2])
+        rows.append(row)
+    columns = AREAS_COLUMNS if all("area_mm2" in r for r in rows) else AREAS_COLUMNS_PX
+    _write_csv(out_dir / "areas.csv", rows, columns)
     return rows
+
+
+def growth(model_ref: str, store: str, *, out: str, split: str | None = "test",
+           tracking_uri: str | None = None, k: int | None = None, threshold: float = 0.5,
+           storage_options: dict | None = None, log_to_mlflow: bool = True) -> dict[str, Any]:
+    """``python -m fpn growth``: GA area and its growth per eye across visits
+    (:func:`fpn.readout.growth_readout`: ``growth.csv``, per-visit areas with the ensemble
+    members' spread, the plots; agreement with the graders where the visits have masks), logged
+    on the MLflow run the model came from (or a new ``growth-<split>`` run) as ``<split>/...``
+    metrics and ``growth/`` artifacts.
+
+    Returns the summary: the metrics, the files, the eyes with a rate and why others have none.
+    """
+    from fpn.config import default_mlflow_uri
+    from fpn.readout import growth_readout
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri()
+    readout = growth_readout(model_ref, store, out=out, split=split, tracking_uri=uri, k=k,
+                             threshold=threshold, storage_options=storage_options)
+    summary: dict[str, Any] = {
+        "split": split or "all", "members": readout.members,
+        "store_fingerprint": readout.store_fingerprint, **readout.metrics,
+        "files": {k_: str(v) for k_, v in readout.files.items()},
+        "eyes_without_rate": {f"{e.patient_id}/{e.eye}": e.reason for e in readout.eyes
+                              if e.area_rate is None}}
+    if log_to_mlflow:
+        from mlflow.entities import Metric
+
+        from fpn.tracking import RunLogger, client_for, ensure_experiment
+
+        name = split or "all"
+        client = client_for(uri)
+        run_id = _source_run_id(model_ref, uri)
+        if run_id is None:
+            exp = ensure_experiment(client, "fpn-evaluation", uri)
+            run_id = client.create_run(exp, run_name=f"growth-{name}").info.run_id
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(f"{name}/{k_}", float(v), now, 0)
+                                          for k_, v in readout.metrics.items()
+                                          if math.isfinite(v)])
+        logger = RunLogger(uri, run_id)
+        for path in readout.files.values():
+            logger.log_file(path, "growth")
+        summary["mlflow_run_id"] = run_id
+    return summary

@@ -37,7 +37,9 @@ class FPNEnsembleModel(PythonModel):
         self.ensemble = Ensemble([load_member_file(p) for p in paths])
         self.max_voxels = max_voxels_from(getattr(context, "model_config", None))
 
-    def predict(self, context, model_input, params=None):
+    # an ndarray hint: MLflow infers no schema from it (both ranks are the interface) and stops
+    # warning, at every import, that the hint is missing
+    def predict(self, context, model_input: np.ndarray, params=None):
         x = checked_input(model_input, self.max_voxels)
         if x.ndim == 3:
             return self.ensemble.predict_volume(x)

@@ -32,7 +32,7 @@ STATUS_STOPPED = "stopped"  #: ASHA stopped the trial
 BEST_SCORE = "fpn.best_score"
 
 # -- the search (tune/search.py) --------------------------------------------------------------
-SEARCH_ROLE = "fpn.search_role"  #: pretrain | ratio | trial | table
+SEARCH_ROLE = "fpn.search_role"  #: pretrain | ratio | trial | matched | table
 SEARCH_TASK = "fpn.search_task"
 SSL = "fpn.ssl"
 STUDY = "fpn.study"
@@ -58,6 +58,7 @@ ROLE_RATIO = "ratio"
 ROLE_TRIAL = "trial"
 ROLE_PRETRAIN = "pretrain"
 ROLE_TABLE = "table"
+ROLE_MATCHED = "matched"  #: the compute-matched scratch run of a ratio
 
 
 def best_param(name: str) -> str:
@@ -72,7 +73,8 @@ MODELS = "fpn.models"
 RATIOS = "fpn.ratios"
 SEEDS = "fpn.seeds"
 PAPER_TABLE = "fpn.paper_table"
-PAPER_TABLE_METHOD = "fpn.paper_table_method"
+#: the table row a run belongs to (tune.core.row_label), on every run of a front-end's jobs
+METHOD = "fpn.method"
 FAILED_RUNS = "fpn.failed_runs"
 
 

@@ -349,14 +349,15 @@ def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_
     plan_args += [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     assert main(plan_args) == 0
     plan = capsys.readouterr().out
-    assert "3 runs (0 finished); still to train: 3 runs" in plan
-    assert "| pretrain | inverted_faf | 1 | 0 | 1 |" in plan and "| finetune | ratio 1 | 2 | 0 |" in plan
+    assert "4 runs (0 finished); still to train: 4 runs" in plan
+    assert "| pretrain | inverted_faf | 1 | 0 | 1 |" in plan and "| finetune | ratio 1 | 3 | 0 |" in plan
     assert "run-hours of training" in plan
     assert not (tmp_path / "pt" / "runs").exists()  # a plan trains nothing
 
     first = run_paper_table(**kwargs)
     assert not first.failed, first.failed
-    assert len(first.trained) == 3  # one pretraining, two fine-tunings
+    # one pretraining, two fine-tunings and the scratch run for the pretraining's steps too
+    assert len(first.trained) == 4
     out = tmp_path / "pt"
     for name in ("paper_table.md", "paper_table.csv", "per_visit.csv", "dice_vs_ratio.png"):
         assert (out / name).is_file(), name
@@ -365,31 +366,33 @@ def test_paper_table_end_to_end_and_rerun_skips(synthetic_store, ray_local, tmp_
         assert title in md
     assert "| Method | 1 |" in md
     assert "\n| FPN | " in md and "\n| FPN (FAF pretraining) | " in md
+    assert "\n| FPN (scratch, matched steps) | " in md
     assert "## Dice (%) of each seed's model" in md and "| FPN | s0: " in md
     rows = list(csv.DictReader((out / "paper_table.csv").read_text().splitlines()))
     assert {(r["metric"], r["method"], r["ratio"]) for r in rows} == {
         (m, meth, "1") for m in ("dice", "hd95", "area_error_mm2")
-        for meth in ("FPN", "FPN (FAF pretraining)")}
+        for meth in ("FPN", "FPN (FAF pretraining)", "FPN (scratch, matched steps)")}
     assert sum(r["best"] == "1" for r in rows if r["metric"] == "dice") == 1
     assert {(r["seeds"], r["seed_ids"]) for r in rows if r["metric"] == "dice"} == {("1", "0")}
     visits = list(csv.DictReader((out / "per_visit.csv").read_text().splitlines()))
-    assert visits and {r["method"] for r in visits} == {"FPN", "FPN (FAF pretraining)"}
+    assert visits and {r["method"] for r in visits} == {"FPN", "FPN (FAF pretraining)",
+                                                        "FPN (scratch, matched steps)"}
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     children = client.search_runs(
         [client.get_run(first.parent_run_id).info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{first.parent_run_id}'")
-    assert len(children) == 3
+    assert len(children) == 4
     artifacts = {a.path for a in client.list_artifacts(first.parent_run_id)}
     assert {"paper_table.md", "paper_table.csv", "dice_vs_ratio.png"} <= artifacts
 
     attempts = _attempt_lines(out / "runs")
-    assert len(attempts) == 3 and set(attempts.values()) == {1}
+    assert len(attempts) == 4 and set(attempts.values()) == {1}
     evaluated = {p.parent.name: p.stat().st_mtime_ns
                  for p in (out / "evaluations").glob("*/evaluation.json")}
 
     replanned = plan_paper_table(**kwargs)
-    assert "3 runs (3 finished); still to train: 0 runs, 0 training crops" in replanned
+    assert "4 runs (4 finished); still to train: 0 runs, 0 training crops" in replanned
 
     again = run_paper_table(**kwargs)
     assert again.trained == [] and not again.failed
@@ -428,3 +431,30 @@ def test_crops_per_second_needs_plan(tmp_path, capsys):
     assert main(["paper-table", "--crops-per-second", "5", "--out", str(tmp_path / "o")]) == 2
     assert "--plan" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.integration
+def test_the_matched_row_trains_the_pretrainings_steps_too(synthetic_store):
+    """The compute-matched control: from scratch, for the pretraining's optimiser steps plus
+    the fine-tuning's; with a budget in steps per epoch that is one epoch per epoch, with the
+    reference's crops per visit it converts the pretraining's steps (more visits: every train
+    and unlabelled visit) into fine-tuning epochs."""
+    import math
+
+    from fpn.config import build_train_config
+    from fpn.data.store import open_store
+    from tune.core import compute_matched_config, run_steps
+
+    store = open_store(str(synthetic_store))
+    common = {"data.store": str(synthetic_store), "batch_size": 2, "seed": 0}
+    ft = build_train_config("tiny", common, {"task": "finetune", "data.target": "mask",
+                                             "epochs": 3, "init": "/somewhere/pretrained"})
+    pre = build_train_config("tiny", common, {"task": "pretrain", "data.target": "inverted_faf",
+                                              "epochs": 2})
+    stepped = {"steps_per_epoch": 5}
+    matched = compute_matched_config(ft.with_overrides(stepped), pre.with_overrides(stepped),
+                                     store)
+    assert matched.epochs == 3 + 2 and matched.init is None
+    (_, ft_steps), (_, pre_steps) = run_steps(ft, store), run_steps(pre, store)
+    assert pre_steps > ft_steps  # the pretraining sees more visits per epoch here
+    assert compute_matched_config(ft, pre, store).epochs == 3 + math.ceil(2 * pre_steps / ft_steps)

@@ -31,7 +31,8 @@ RATIOS = ("0.5", "1.0")
 TRIALS = 2  # per ratio: ASHA has two to compare, and the two architectures can both be drawn
 ROOT = Path(__file__).resolve().parent.parent
 # two architectures (two shared pretrainings) and the learning rate
-SPACE = """params:
+SPACE = """optimizer: sgd  # the tiny recipe's (fpn/recipes/tiny.yaml)
+params:
   model.kwargs.depth_convs_offset: {type: categorical, choices: [-1, 0]}
   optim.lr: {type: float, low: 0.01, high: 0.1, log: true}
 fixed: {}
@@ -75,7 +76,8 @@ def _complete_trials(db: Path) -> dict[str, int]:
     out = {}
     for s in summaries:
         study = optuna.load_study(study_name=s.study_name, storage=url)
-        out[s.study_name] = sum(t.state.name == "COMPLETE" for t in study.trials)
+        # finished: trained to the end, or pruned by ASHA
+        out[s.study_name] = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
     return out
 
 
@@ -119,7 +121,7 @@ def searched(tiny_store, tmp_path_factory):
     again = subprocess.run(_pretrained_args(tiny_store, work), cwd=work, env=env,
                            capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    return work, before, again.stdout
+    return work, before, again.stdout + again.stderr
 
 
 @_e2e
@@ -133,6 +135,47 @@ def test_studies_hold_each_trial_once(searched):
     assert all(n == TRIALS for n in after.values()), after
     for study, n in before.items():
         assert after[study] >= n
+
+
+@_e2e
+def test_optuna_is_told_the_truth(searched):
+    """A trial ASHA stopped is PRUNED in its study (with the epochs it ran as intermediate
+    values), never COMPLETE; one that trained to its end is COMPLETE with its best score."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    work, _, _ = searched
+    url = f"sqlite:///{work / 'optuna.db'}"
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fpn-search")
+    stopped = {r.data.tags["fpn.trial_id"] for r in client.search_runs([exp.experiment_id])
+               if r.data.tags.get("fpn.status") == "stopped"}
+    for summary in optuna.get_all_study_summaries(url):
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        for t in study.trials:
+            assert t.state.name in ("COMPLETE", "PRUNED"), (t.number, t.state)
+            assert t.intermediate_values, t.number  # every epoch reported
+            assert len(t.intermediate_values) <= 2  # the epochs, not the closing summary
+    pruned = [t for s in optuna.get_all_study_summaries(url)
+              for t in optuna.load_study(study_name=s.study_name, storage=url).trials
+              if t.state.name == "PRUNED"]
+    assert len(pruned) == len(stopped)
+
+
+@_e2e
+def test_the_console_is_for_people(searched):
+    """The restarted search's console: a line per trial event and the progress bar; no
+    traceback for ASHA's stops, no worker epoch lines, no Ray Train noise, no line twice."""
+    _, _, out = searched
+    lines = [ln.strip() for ln in out.replace("\r", "\n").splitlines() if ln.strip()]
+    text = "\n".join(lines)
+    for noise in ("Traceback", "TrialStopped", "Reporting training result", "[fpn] epoch",
+                  "Add type hints"):
+        assert noise not in text, noise
+    events = [ln for ln in lines if "fine-tunings" not in ln]  # tqdm redraws its bar
+    repeated = {ln: n for ln, n in Counter(events).items() if n > 1 and set(ln) != {"-"}}
+    assert not repeated, repeated
+    assert len(events) < 80, len(events)
 
 
 @_e2e
@@ -179,7 +222,8 @@ def test_results_table(searched):
     table = (work / "results" / "table.md").read_text()
     assert "| Method | 0.5 | 1 |" in table
     assert "test patients" in table and "bootstrap CI over patients" in table  # patient level
-    assert "| FPN (inverted_faf pretraining) |" in table
+    assert "| FPN (FAF pretraining) |" in table
+    assert "pruned by ASHA" in table  # the notes say what the searches were
     assert (work / "results" / "table.csv").read_text().count("\n") == 1 + len(RATIOS)
     assert (work / "results" / "dice_vs_ratio.png").stat().st_size > 0
     assert "optuna-dashboard sqlite:///" in out and "mlflow ui --backend-store-uri" in out
@@ -293,7 +337,7 @@ def test_a_search_on_another_store_in_the_same_workdir_is_its_own(
                     for p in (work / "ray" / "pretrain").glob("*/pretrained.json"))
     assert stores.count(fp_other) == 1 and fp in stores
     # the second search's table is its own store's
-    assert (work / "results" / "table.md").read_text().count("| FPN (inverted_faf") == 1
+    assert (work / "results" / "table.md").read_text().count("| FPN (FAF pretraining)") == 1
 
 
 @pytest.mark.unit

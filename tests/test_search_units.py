@@ -317,3 +317,47 @@ def test_shared_pretraining_on_s3_trains_once(s3_endpoint, tmp_path):
     fs.invalidate_cache()
     assert fs.exists(f"{S3_BUCKET}/search/ray/pretrain/{key}/pretrained.json")
     assert not fs.exists(f"{S3_BUCKET}/search/ray/pretrain/{key}/.lease")
+
+
+@pytest.mark.integration
+def test_a_stopped_trial_is_pruned_with_its_intermediate_values(tmp_path, ray_local):
+    """The searcher the study sees: each epoch an intermediate value; a trial ASHA stopped is
+    PRUNED (TPE must not read a half-trained score as final); a trial that trained to its end
+    (its closing report marked ``final``, whenever ASHA's decision came) is COMPLETE with its
+    best score; a finished trial reported again after a restart does not reach the study."""
+    import optuna
+    import ray
+
+    from fpn import tags as T
+    from tune.pruning import stop_board
+    from tune.spaces import load_space
+    from tune.trial import FINAL
+    from tune.tuner import ResumableOptunaSearch
+
+    space = load_space(_space_file(tmp_path))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = "pruning-unit"
+    board = stop_board(study)
+    searcher = ResumableOptunaSearch(space=space, metric=T.VAL_SCORE, mode="max",
+                                     storage=optuna.storages.RDBStorage(url), study_name=study)
+    for trial_id in ("t1", "t2"):
+        searcher.suggest(trial_id)
+        for epoch, score in enumerate((0.2, 0.3)):
+            searcher.on_trial_result(trial_id, {T.VAL_SCORE: score, "training_iteration":
+                                                epoch + 1, "epoch": epoch})
+    ray.get(board.stop.remote("t1"))
+    searcher.on_trial_complete("t1", {T.VAL_SCORE: 0.3, "training_iteration": 2})
+    ray.get(board.stop.remote("t2"))  # decided after t2's last epoch: it finishes anyway
+    searcher.on_trial_result("t2", {T.VAL_SCORE: 0.35, "training_iteration": 3, FINAL: 1.0})
+    searcher.on_trial_complete("t2", {T.VAL_SCORE: 0.35, "training_iteration": 3, FINAL: 1.0})
+    searcher.on_trial_result("t2", {T.VAL_SCORE: 0.9, "training_iteration": 4})  # after a restart
+    trials = optuna.load_study(study_name=study, storage=url).trials
+    assert [t.state.name for t in trials] == ["PRUNED", "COMPLETE"]
+    assert trials[0].intermediate_values == {1: 0.2, 2: 0.3}
+    assert trials[1].intermediate_values == {1: 0.2, 2: 0.3} and trials[1].value == 0.35
+
+
+def _space_file(tmp_path: Path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text("params:\n  optim.lr: {type: float, low: 0.001, high: 0.01, log: true}\n")
+    return path

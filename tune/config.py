@@ -56,6 +56,10 @@ class SearchConfig(BaseModel):
         None, description="also search the network from scratch (ssl none), the table's "
         "baseline row, compared with the pretrained row per ratio "
         + search_preset_help("baseline"))
+    compute_matched: bool | None = Field(
+        None, description="also train the scratch row's best configuration for the "
+        "pretraining's steps plus the fine-tuning's, the table's compute-matched row "
+        + search_preset_help("compute_matched"))
     strict_space: bool = Field(False, description="refuse (instead of dropping with a warning) "
                                "a network knob that cannot change the network at the store's "
                                "depth")
@@ -87,6 +91,9 @@ class SearchConfig(BaseModel):
         None, ge=1, description="raise data.multiplier at scarce ratios so that an epoch has at "
         "least this many crops " + search_preset_help("min_crops_per_epoch"))
     num_cpus: int | None = Field(None, ge=1, description="local Ray CPUs (default: all)")
+    verbose: bool = Field(False, description="everything on the console: the Train workers' "
+                          "epoch lines, Ray's and Tune's logging (default: one line per trial "
+                          "event and a progress bar; the rest in Ray's log files)")
 
     @field_validator("data", "pretrained")
     @classmethod
@@ -150,6 +157,13 @@ class SearchConfig(BaseModel):
         if self.ssl == "none" or self.pretrained or not with_baseline:
             return [self.ssl]
         return ["none", self.ssl]
+
+    def with_matched_row(self) -> bool:
+        """Whether the table also has the compute-matched scratch row (the scratch study's best
+        configuration trained for the pretraining's steps plus the fine-tuning's)."""
+        matched = self.compute_matched if self.compute_matched is not None else \
+            self.preset.compute_matched
+        return matched and self.configurations()[0] == "none" and len(self.configurations()) > 1
 
     def space_file(self) -> Path:
         return Path(self.space) if self.space else self.preset.space

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,14 @@ from tune.presets import SyntheticStore
 __all__ = [
     "DRIVER_CPU",
     "DRIVER_RESOURCE",
+    "MATCHED",
     "Evaluation",
+    "Job",
     "Registration",
     "ResourcePlan",
     "RunRecord",
     "cluster_capacity",
+    "compute_matched_config",
     "driver_resources",
     "evaluate_run",
     "finished_run",
@@ -42,6 +46,8 @@ __all__ = [
     "plan_resources",
     "read_run_record",
     "row_label",
+    "run_jobs",
+    "run_steps",
 ]
 
 #: the poster's names of the networks
@@ -51,14 +57,44 @@ METHOD_NAMES = {"fpn": "FPN", "resensnet": "ReSensNet", "lachinov": "Lachinov et
 SSL_LABELS = {"inverted_faf": "FAF", "faf": "raw FAF", "slo": "SLO"}
 
 
+#: the ``ssl`` of a row trained from scratch for as many optimiser steps as pretraining and
+#: fine-tuning together (:func:`compute_matched_config`)
+MATCHED = "matched"
+
+
 def row_label(model: str, ssl: str, *, pretrained_from: str | None = None) -> str:
     """The table row of a network and its pretraining, as the poster writes it: ``FPN``,
     ``FPN (FAF pretraining)``, ``Lachinov et al. (SLO pretraining)``; a network fine-tuned from
-    a given pretrained model (the search's ``--pretrained``): ``FPN (pretrained)``."""
+    a given pretrained model (the search's ``--pretrained``): ``FPN (pretrained)``; from scratch
+    for the pretrained row's steps in all (:data:`MATCHED`): ``FPN (scratch, matched steps)``."""
     name = METHOD_NAMES.get(model, model)
     if pretrained_from:
         return f"{name} (pretrained)"
+    if ssl == MATCHED:
+        return f"{name} (scratch, matched steps)"
     return name if ssl == "none" else f"{name} ({SSL_LABELS.get(ssl, ssl)} pretraining)"
+
+
+def run_steps(cfg: Any, store: Any) -> tuple[int, int]:
+    """``(epochs, optimiser steps per epoch)`` of a run of ``cfg`` on ``store`` (per worker, as
+    its DataLoader gives them: :func:`fpn.training.budget.steps_per_epoch`)."""
+    from fpn.data.splits import plan_visits
+    from fpn.training.budget import steps_per_epoch
+
+    plan = plan_visits(store, cfg.data.target, cfg.data.ratio, cfg.data.subset_seed)
+    return cfg.epochs, steps_per_epoch(cfg, len(plan.train_keys), cfg.workers)
+
+
+def compute_matched_config(finetune: Any, pretrain: Any, store: Any) -> Any:
+    """The from-scratch control of a pretrained row: ``finetune`` (its recipe, ratio, seed and
+    drawn values) with no ``init`` and as many more epochs as the pretraining's optimiser steps
+    fill, so that it trains for the pretraining's steps plus the fine-tuning's (nnssl's
+    ``--from_scratch`` baseline, on equal compute). "Pretraining helps" then cannot mean "more
+    steps help"."""
+    ft_epochs, ft_steps = run_steps(finetune, store)
+    pre_epochs, pre_steps = run_steps(pretrain, store)
+    extra = math.ceil(pre_epochs * pre_steps / ft_steps)
+    return finetune.with_overrides({"init": None, "epochs": ft_epochs + extra})
 
 #: CPU held by each run's driver (a Tune trial's function or a Ray task); its Train workers hold
 #: their own CPUs in their own placement group
@@ -137,17 +173,103 @@ def driver_resources() -> dict[str, float]:
     return bundle
 
 
+# -- training runs as Ray tasks ---------------------------------------------------------------
+
+@dataclass
+class Job:
+    """One training run of a front-end: its config, the run it waits for (a pretraining),
+    whether its k-best ensemble is evaluated on the test split, and what it is (the table row's
+    network, pretraining, ratio and seed)."""
+
+    name: str
+    config: Any  #: its TrainConfig
+    after: str | None = None
+    evaluate: bool = False
+    model: str = ""
+    ssl: str = "none"
+    ratio: float = 1.0
+    seed: int = 0
+    parent_run_id: str | None = None  #: its MLflow parent; None: the one given to run_jobs
+
+
+def _execute_job(cfg: Any, parent_run_id: str, tags: dict[str, str],
+                 eval_dir: str | None) -> dict[str, Any]:
+    """Train (or find finished) one run; evaluate it (once) when ``eval_dir`` is given."""
+    import torch
+
+    from fpn.data.store import open_store
+    from fpn.training.driver import run_training
+
+    torch.set_num_threads(1)  # the work happens in the Train workers; evaluation is small
+    started = time.monotonic()
+    record = run_training(cfg, parent_run_id=parent_run_id, extra_tags=tags)
+    out: dict[str, Any] = {"record": asdict(record), "seconds": time.monotonic() - started}
+    if eval_dir is not None:
+        store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
+        evaluation = evaluate_run(record, store, tracking_uri=cfg.tracking_uri(),
+                                  out_dir=eval_dir, log=lambda m: None)
+        out["records"], out["summary"] = evaluation.records, evaluation.summary
+    return out
+
+
+def run_jobs(jobs: list[Job], *, concurrency: int, parent_run_id: str | None, eval_dir: Path,
+             tags: dict[str, str], log: Callable[[str], None] = print,
+             ) -> tuple[dict[str, dict], dict[str, str]]:
+    """Run ``jobs`` as Ray tasks (each a driver holding :func:`driver_resources`; its Train
+    workers in their own placement group), at most ``concurrency`` at once, each after its
+    ``after``. A failed run does not take the others with it.
+
+    Returns:
+        ``(done, failed)``: per finished job its record, seconds and (evaluated ones) test
+        records and summary; per failed job its error's last line.
+    """
+    import ray
+
+    driver = driver_resources()
+    remote = ray.remote(num_cpus=driver.pop("CPU"), resources=driver or None,
+                        max_retries=0)(_execute_job)
+    pending = list(jobs)
+    running: dict[Any, Job] = {}
+    done: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    while pending or running:
+        for job in [j for j in pending if j.after in failed]:
+            pending.remove(job)
+            failed[job.name] = f"its pretraining {job.after} failed"
+        ready = [j for j in pending if j.after is None or j.after in done]
+        while ready and len(running) < concurrency:
+            job = ready.pop(0)
+            pending.remove(job)
+            job_eval = str(eval_dir / job.name) if job.evaluate else None
+            job_tags = {**tags, T.METHOD: row_label(job.model, job.ssl)}
+            running[remote.remote(job.config, job.parent_run_id or parent_run_id, job_tags,
+                                  job_eval)] = job
+        if not running:
+            break
+        finished, _ = ray.wait(list(running), num_returns=1)
+        job = running.pop(finished[0])
+        try:
+            done[job.name] = ray.get(finished[0])
+            log(f"{job.name}: done ({done[job.name]['seconds']:.0f} s)")
+        except Exception as exc:  # noqa: BLE001 -- a failed run must not take the others with it
+            failed[job.name] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            log(f"{job.name}: FAILED: {failed[job.name]}")
+    return done, failed
+
+
 # -- the demo's data ------------------------------------------------------------------------------
 
 def make_synthetic_store(folder: str | Path, spec: SyntheticStore, *, seed: int = 0,
                          num_cpus: int | None = None, log: Callable[[str], None] = print) -> str:
-    """``FOLDER/source`` (the synthetic source a preset asks for, ``spec``) and
-    ``FOLDER/store.zarr``, each made only when missing or incomplete; returns the store's path."""
+    """The synthetic data set a preset asks for (``spec``, ``seed``) in a folder of its own,
+    ``FOLDER/<spec.folder_name(seed)>/`` (``source`` and ``store.zarr``), each made only when
+    missing or incomplete; returns the store's path. Another spec (a preset that changed, another
+    seed) gets another folder, so nothing made for one is reused or overwritten for the other."""
     from data_prep.convert import convert
     from data_prep.synthetic import make_synthetic_dataset
     from fpn.data.store import StoreError, open_store
 
-    folder = Path(folder)
+    folder = Path(folder) / spec.folder_name(seed)
     source, store = folder / "source", folder / "store.zarr"
     try:
         opened = open_store(str(store))

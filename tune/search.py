@@ -12,7 +12,6 @@ command line into a :class:`tune.config.SearchConfig` and prints the result.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
@@ -69,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-promote", dest="promote", action="store_const", const=False)
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
                    help=text("baseline"))
+    p.add_argument("--compute-matched", action=argparse.BooleanOptionalAction, default=None,
+                   help=text("compute_matched"))
     p.add_argument("--strict-space", action="store_true", default=None, help=text("strict_space"))
+    p.add_argument("--verbose", action="store_true", default=None, help=text("verbose"))
     return p
 
 
@@ -86,15 +88,16 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 def print_result(res: SearchResult) -> None:
     print()
     for r in res.ratios:
-        print(f"{r.configuration}, ratio {r.ratio:g}: study {r.study}, {r.trials_complete} complete trial(s); best "
-              f"trial {r.best_trial} val Dice {r.best_val:.4f}, test Dice "
-              f"{100 * float(r.test.get('dice_mean', math.nan)):.2f} ± "
-              f"{100 * float(r.test.get('dice_std', math.nan)):.2f} % -> "
+        if not r.model_version and not r.best_trial:  # the compute-matched row: no study
+            print(f"{r.configuration}, ratio {r.ratio:g}: run {r.study}, val score "
+                  f"{r.best_val:.4f} (not registered)")
+            continue
+        print(f"{r.configuration}, ratio {r.ratio:g}: study {r.study}, "
+              f"{r.trials_complete} complete and {r.trials_pruned} pruned trial(s); best "
+              f"trial {r.best_trial} val score {r.best_val:.4f} -> "
               f"{res.registered_model} version {r.model_version}")
     print()
     print(res.table_markdown)
-    if res.decision:
-        print(res.decision)
     if res.promotion_refused:
         print("promotion refused by the registry's gate; the champion is unchanged")
     print(f"table: {res.files['markdown']}, {res.files['csv']}, {res.files['plot']}")
@@ -111,7 +114,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         cfg = config_from_args(args)
-        print_result(run_search(cfg))
+        try:
+            print_result(run_search(cfg))
+        except Exception:
+            from tune.console import log_folder
+
+            if (folder := log_folder()) is not None:  # the trials' own logs are there
+                print(f"search: the trials' and Ray's logs: {folder}", file=sys.stderr)
+            raise
         return 0
 
     return run_command("search", body)

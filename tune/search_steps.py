@@ -35,6 +35,7 @@ instead of being created twice.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -47,6 +48,7 @@ from fpn.config import TrainConfig
 from fpn.stats import visit_patients
 from fpn.storage import write_atomic
 from tune.config import SearchConfig
+from tune.console import close_progress_bar, log_folder, progress_bar, quiet_logging, say
 from tune.core import (
     Evaluation,
     Registration,
@@ -72,6 +74,8 @@ class RatioResult:
     study: str
     parent_run_id: str
     trials_complete: int
+    trials_pruned: int = 0  #: stopped early by ASHA (PRUNED in the Optuna study)
+    trials_failed: int = 0
     best_trial: str | None = None
     best_run_id: str | None = None
     best_val: float = math.nan
@@ -101,7 +105,7 @@ class SearchResult:
 
 
 def _log(msg: str) -> None:
-    print(f"[search] {msg}", flush=True)
+    say(f"[search] {msg}")
 
 
 # -- data and resources ---------------------------------------------------------------------------
@@ -320,9 +324,9 @@ def search_ratio(cfg: SearchConfig, ratio: float, space: SearchSpace, base: Trai
         tidy_study(study)
     runs = _trial_runs(client, experiment_id, parent_id)
     _close_stopped_trials(client, runs)
-    result = RatioResult(ratio, study_name, parent_id,
-                         trials_complete=0 if study is None else sum(
-                             t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)),
+    states = [] if study is None else [t.state.name for t in study.get_trials(deepcopy=False)]
+    result = RatioResult(ratio, study_name, parent_id, trials_complete=states.count("COMPLETE"),
+                         trials_pruned=states.count("PRUNED"), trials_failed=states.count("FAIL"),
                          configuration=cfg.configuration_label(), ssl=cfg.ssl)
     if pretraining is not None:
         result.pretrainings_trained, result.pretrainings_reused = _log_pretrainings(
@@ -337,7 +341,7 @@ def search_ratio(cfg: SearchConfig, ratio: float, space: SearchSpace, base: Trai
                            f"(trial runs in {ratio_base.storage})")
     best_run, record = finished[0]
     trial_id = best_run.data.tags.get(T.TRIAL_ID, "")
-    _log(f"{study_name}: best trial {trial_id} (val Dice {record.best_score:.4f}); its ensemble "
+    _log(f"{study_name}: best trial {trial_id} (val score {record.best_score:.4f}); its ensemble "
          "on the test split")
     evaluation = evaluate_run(record, store, tracking_uri=cfg.tracking_uri(),
                               out_dir=cfg.work_path() / "results" / study_name,
@@ -354,6 +358,51 @@ def search_ratio(cfg: SearchConfig, ratio: float, space: SearchSpace, base: Trai
     result.patient_of_visit = visit_patients(evaluation.records)
     client.set_terminated(parent_id, "FINISHED")
     return result
+
+
+# -- the compute-matched scratch row -------------------------------------------------------------
+
+def matched_rows(cfg: SearchConfig, scratch: list[RatioResult], resources: ResourcePlan,
+                 store: Any, space: SearchSpace) -> list[RatioResult]:
+    """Per ratio, the scratch study's best configuration trained again from scratch for the
+    pretraining's optimiser steps plus the fine-tuning's (:func:`tune.core.compute_matched_config`):
+    the table's row ``<network> (scratch, matched steps)``, so that the pretrained row is also
+    compared on equal compute. Not a search: one run per ratio, its runs side by side as Ray
+    tasks; evaluated on the test split like the others, not registered."""
+    from tune.core import MATCHED, Job, compute_matched_config, row_label, run_jobs
+
+    pre_cfg = cfg.model_copy(update={"ssl": cfg.configurations()[-1]})
+    scratch_cfg = cfg.model_copy(update={"ssl": "none"})
+    base, _, _ = _base_config(scratch_cfg, store, resources, space)
+    pretrain = pre_cfg.train_config(task="pretrain", target=pre_cfg.ssl,
+                                    epochs=pre_cfg.pretraining_epochs(), storage_dir="pretrain")
+    jobs = []
+    for r in scratch:
+        name = f"{r.study}-{MATCHED}"
+        finetune = _ratio_base(scratch_cfg, base, r.ratio, store).with_overrides(
+            {**r.best_params, "run_name": name})
+        config = compute_matched_config(finetune, pretrain, store)
+        _log(f"{name}: the best scratch trial's configuration for {config.epochs} epochs "
+             f"(fine-tuning {finetune.epochs} + the pretraining's steps)")
+        jobs.append(Job(name, config, evaluate=True, model=cfg.model, ssl=MATCHED,
+                        ratio=r.ratio, parent_run_id=r.parent_run_id))
+    done, failed = run_jobs(jobs, concurrency=resources.concurrency, parent_run_id=None,
+                            eval_dir=cfg.work_path() / "results", log=_log,
+                            tags={T.SEARCH_TASK: cfg.task, T.SEARCH_ROLE: T.ROLE_MATCHED})
+    if failed:
+        raise RuntimeError(f"the compute-matched scratch run(s) failed: {failed}")
+    out = []
+    for job in jobs:
+        finished = done[job.name]
+        records = finished["records"]
+        out.append(RatioResult(
+            job.ratio, job.name, job.parent_run_id or "", trials_complete=1,
+            configuration=row_label(cfg.model, MATCHED), ssl=MATCHED,
+            best_val=max(finished["record"]["best_scores"] or [math.nan]),
+            test=finished["summary"],
+            dice_per_visit={r["visit"]: float(r["dice"]) for r in records if "dice" in r},
+            patient_of_visit=visit_patients(records)))
+    return out
 
 
 # -- the whole search -----------------------------------------------------------------------------
@@ -418,6 +467,34 @@ def _promote(cfg: SearchConfig, results: list[RatioResult]) -> tuple[str | None,
     return decision, False
 
 
+def _study_notes(ratios: list[RatioResult]) -> str:
+    """What the searches behind the table were: per study the trials it ran and how many ASHA
+    pruned, and whether TPE left its random start-up (with fewer trials it did not, and every
+    study of the table drew the same configurations: a paired random search)."""
+    from tune.tuner import TPE_STARTUP_TRIALS
+
+    lines = [("Searches (Optuna studies; TPE samples at random for its first "
+              f"{TPE_STARTUP_TRIALS} trials):")]
+    from tune.core import MATCHED
+
+    studies = [r for r in ratios if r.ssl != MATCHED]
+    for r in studies:
+        ran = r.trials_complete + r.trials_pruned + r.trials_failed
+        lines.append(f"- {r.configuration}, ratio {r.ratio:g}: {ran} trial(s), "
+                     f"{r.trials_pruned} pruned by ASHA, {r.trials_failed} failed; best trial "
+                     f"{r.best_trial} (val score {r.best_val:.4f})")
+    for r in (r for r in ratios if r.ssl == MATCHED):
+        lines.append(f"- {r.configuration}, ratio {r.ratio:g}: no search: the scratch study's "
+                     "best configuration, trained from scratch for the pretraining's optimiser "
+                     "steps plus the fine-tuning's (the row on equal compute); not registered")
+    if all(r.trials_complete + r.trials_pruned + r.trials_failed < TPE_STARTUP_TRIALS
+           for r in studies):
+        lines.append("No study left TPE's random start-up, and the studies share the search's "
+                     "seed: every row and ratio drew the same configurations, so the table "
+                     "compares the rows by a paired random search, not a tuned one.")
+    return "\n".join(lines) + "\n"
+
+
 def _write_table(cfg: SearchConfig, client: Any, experiment_id: str, fingerprint: str,
                  ratios: list[RatioResult]) -> tuple[str, dict[str, Path]]:
     """The table: Markdown, CSV and plot in WORKDIR/results, also logged on one MLflow run.
@@ -452,6 +529,7 @@ def _write_table(cfg: SearchConfig, client: Any, experiment_id: str, fingerprint
         table = report.table_markdown(rows)
         write_atomic(files["csv"], report.table_csv(rows))
         report.plot_table(rows, files["plot"])
+    table = table + "\n" + _study_notes(ratios)
     write_atomic(files["markdown"], table)
     summary_id, _ = find_or_create_run(client, experiment_id,
                                        f"search-table-{cfg.task}-{cfg.model}-{fingerprint[:8]}",
@@ -475,8 +553,14 @@ def run_search(cfg: SearchConfig) -> SearchResult:
 
     torch.set_num_threads(1)
     cfg.work_path().mkdir(parents=True, exist_ok=True)
-    # the one way to reach Ray: $RAY_ADDRESS when set; else a local Ray of our own
-    connect_ray(num_cpus=cfg.num_cpus)
+    if not cfg.verbose:
+        quiet_logging()
+    # the one way to reach Ray: $RAY_ADDRESS when set; else a local Ray of our own. Without
+    # --verbose what the workers and trials print stays in Ray's log files (log_folder())
+    connect_ray(num_cpus=cfg.num_cpus, log_to_driver=cfg.verbose,
+                logging_level=logging.INFO if cfg.verbose else logging.WARNING)
+    if not cfg.verbose:
+        _log(f"the trials' and Ray's logs: {log_folder()} (--verbose: on the console)")
     store_path = ensure_store(cfg)
     store = open_store(store_path)
     uri = cfg.tracking_uri()
@@ -485,11 +569,20 @@ def run_search(cfg: SearchConfig) -> SearchResult:
     resources = plan_resources(cfg)
     space = checked_space(cfg, store)
     results: list[RatioResult] = []
-    for ssl in cfg.configurations():  # from scratch first, then pretrained (one row each)
-        scfg = cfg.model_copy(update={"ssl": ssl})
-        base, sspace, pretraining = _base_config(scfg, store, resources, space)
-        results += [search_ratio(scfg, r, sspace, base, resources, store, experiment_id,
-                                 pretraining) for r in cfg.ratios]
+    configurations = cfg.configurations()
+    matched = cfg.with_matched_row()
+    progress_bar(len(configurations) * len(cfg.ratios) * cfg.trials_per_ratio())
+    try:
+        for ssl in configurations:  # from scratch first, then pretrained (one row each)
+            scfg = cfg.model_copy(update={"ssl": ssl})
+            base, sspace, pretraining = _base_config(scfg, store, resources, space)
+            results += [search_ratio(scfg, r, sspace, base, resources, store, experiment_id,
+                                     pretraining) for r in cfg.ratios]
+    finally:
+        close_progress_bar()
+    if matched:  # the scratch row again, on the pretrained row's compute
+        scratch = [r for r in results if r.ssl == "none"]
+        results[len(scratch):len(scratch)] = matched_rows(cfg, scratch, resources, store, space)
     decision, refused = _promote(cfg, results)
     table, files = _write_table(cfg, client, experiment_id, store.fingerprint, results)
     return SearchResult(results, table, {k: str(v) for k, v in files.items()},

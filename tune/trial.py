@@ -20,8 +20,12 @@ from typing import Any
 from fpn import tags as T
 from fpn.config import TrainConfig
 
-__all__ = ["PretrainingSpec", "TrialSpec", "train_trial", "trial_config", "trial_model_kwargs",
+__all__ = ["FINAL", "PretrainingSpec", "TrialSpec", "train_trial", "trial_config", "trial_model_kwargs",
            "trial_run_name", "with_pretrained"]
+
+
+#: the key that marks a trial's closing report (its best score), which is not an epoch
+FINAL = "final"
 
 
 @dataclass(frozen=True)
@@ -145,4 +149,4 @@ def train_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         return
     # The trial's final result: its best validation score. Also needed when Tune reran a trial
     # that had finished (or had reported its last epoch) before a kill: nothing was reported then.
-    tune.report({**record.last_metrics, T.VAL_SCORE: record.best_score, "final": 1.0})
+    tune.report({**record.last_metrics, T.VAL_SCORE: record.best_score, FINAL: 1.0})

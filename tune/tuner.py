@@ -12,15 +12,20 @@ from typing import Any
 from fpn import tags as T
 from fpn.storage import join_location
 from tune.config import SearchConfig
+from tune.console import SearchConsole, say
 from tune.core import ResourcePlan, driver_resources
+from tune.pruning import is_stopped
 from tune.spaces import SearchSpace
-from tune.trial import TrialSpec
+from tune.trial import FINAL, TrialSpec
 
-__all__ = ["optuna_study", "run_tuner", "scheduler_for", "tidy_study"]
+__all__ = ["TPE_STARTUP_TRIALS", "optuna_study", "run_tuner", "scheduler_for", "tidy_study"]
+
+#: TPE's random start-up: the first trials of a study are drawn at random (Optuna's default)
+TPE_STARTUP_TRIALS = 10
 
 
 def _log(msg: str) -> None:
-    print(f"[search] {msg}", flush=True)
+    say(f"[search] {msg}")
 
 
 def _optuna_trial_finished(searcher: Any, trial_id: str) -> bool:
@@ -34,17 +39,36 @@ try:
     from ray.tune.search.optuna import OptunaSearch as _OptunaSearch
 
     class ResumableOptunaSearch(_OptunaSearch):
-        """OptunaSearch that tolerates a trial finished in the study but not in Tune's last
-        experiment checkpoint (the search was killed in between): Tune runs it again (its Train
-        run is found finished and only reports), and its result must not reach Optuna twice."""
+        """OptunaSearch that tells the study the truth:
+
+        - every epoch's validation score is an intermediate value of the trial (the closing
+          summary a trial reports, marked ``final``, is not an epoch);
+        - a trial that ASHA stopped (:mod:`tune.pruning`) is PRUNED, not COMPLETE: TPE must not
+          take a half-trained score for a final one;
+        - a trial finished in the study but not in Tune's last experiment checkpoint (the
+          search was killed in between) is run again by Tune (its Train run is found finished
+          and only reports), and its result must not reach Optuna twice.
+        """
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if not _optuna_trial_finished(self, trial_id):
-                super().on_trial_result(trial_id, result)
+            if result.get(FINAL) or _optuna_trial_finished(self, trial_id):
+                return
+            super().on_trial_result(trial_id, result)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
                               error: bool = False) -> None:
             if _optuna_trial_finished(self, trial_id):
+                self._completed_trials.add(trial_id)
+                return
+            # a trial that trained to its end reports its closing summary, even when ASHA's
+            # decision came after its last epoch; one that stopped early does not
+            stopped_early = (not error and not (result or {}).get(FINAL)
+                             and is_stopped(self._study_name, trial_id))
+            if stopped_early and trial_id in self._ot_trials:
+                import optuna
+
+                self._ot_study.tell(self._ot_trials[trial_id],
+                                    state=optuna.trial.TrialState.PRUNED)
                 self._completed_trials.add(trial_id)
                 return
             super().on_trial_complete(trial_id, result, error)
@@ -93,7 +117,8 @@ def scheduler_for(cfg: SearchConfig, study_name: str) -> Any:
 def run_tuner(cfg: SearchConfig, spec: TrialSpec, space: SearchSpace,
               resources: ResourcePlan) -> None:
     """Run (or resume) the study ``spec.study``: its trials train :func:`tune.trial.train_trial`
-    with ``spec``."""
+    with ``spec``; one console line per trial event and a step of the search's progress bar per
+    trial that ends (:class:`tune.console.SearchConsole`)."""
     import optuna
     from ray import tune
 
@@ -118,9 +143,13 @@ def run_tuner(cfg: SearchConfig, spec: TrialSpec, space: SearchSpace,
         if remaining <= 0:
             _log(f"{study_name}: the study already holds {done} finished trials")
             return
+        # TPE, seeded: with fewer trials than its random start-up, every study of the search
+        # draws the same configurations (a paired random search; the table's notes say so)
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=TPE_STARTUP_TRIALS)
         searcher = ResumableOptunaSearch(space=space, metric=T.VAL_SCORE, mode="max",
+                                         sampler=sampler,
                                          storage=optuna.storages.RDBStorage(cfg.study_url()),
-                                         study_name=study_name, seed=cfg.seed)
+                                         study_name=study_name)
         scheduler = scheduler_for(cfg, study_name)
         tuner = tune.Tuner(
             trainable,
@@ -130,7 +159,8 @@ def run_tuner(cfg: SearchConfig, spec: TrialSpec, space: SearchSpace,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=study_name, storage_path=storage,
                                       failure_config=tune.FailureConfig(max_failures=1),
-                                      verbose=1),
+                                      callbacks=[SearchConsole(study_name, FINAL)],
+                                      verbose=1 if cfg.verbose else 0),
         )
         _log(f"{study_name}: {remaining} trial(s), {resources.concurrency} at a time")
     grid = tuner.fit()

@@ -40,9 +40,8 @@ import csv
 import io
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +51,15 @@ from fpn.stats import visit_patients
 from fpn.storage import join_location, write_atomic
 from tune.core import (
     DRIVER_CPU,
+    MATCHED,
+    Job,
     cluster_capacity,
-    driver_resources,
-    evaluate_run,
+    compute_matched_config,
     finished_run,
     make_synthetic_store,
     plan_resources,
     row_label,
+    run_jobs,
 )
 from tune.presets import PAPER_PRESETS, PaperPreset
 from tune.results import (
@@ -85,6 +86,7 @@ __all__ = [
     "recipe_mismatch",
     "run_paper_table",
     "seed_values",
+    "with_matched_jobs",
 ]
 
 EXPERIMENT = "fpn-paper-table"
@@ -97,20 +99,6 @@ METRICS = (("dice", "Dice (%)", 100.0, True), ("hd95", "HD95 (mm)", 1.0, False),
 
 def _log(msg: str) -> None:
     print(f"[paper-table] {msg}", flush=True)
-
-
-@dataclass
-class Job:
-    """One training run: its config, the run it waits for, and whether it is evaluated."""
-
-    name: str
-    config: TrainConfig
-    after: str | None = None
-    evaluate: bool = False
-    model: str = ""
-    ssl: str = "none"
-    ratio: float = 1.0
-    seed: int = 0
 
 
 @dataclass
@@ -187,9 +175,32 @@ def _grid_jobs(preset: PaperPreset, *, shared: Mapping[str, Any], overrides: Map
     """The grid's jobs for an open store. Run names depend only on the preset, the store and the
     grid, so ``--plan`` and the run name (and find finished) the same runs; a finished run is
     reused only when it trained with the same recipe (:func:`recipe_mismatch`)."""
-    return plan_jobs(preset, shared=shared, overrides=overrides,
-                     prefix=f"pt-{preset.name}-{store.fingerprint[:8]}", models=models, ssl=ssl,
-                     ratios=ratios, seeds=seeds, depth=store.visits_for()[0].shape[1])
+    prefix = f"pt-{preset.name}-{store.fingerprint[:8]}"
+    jobs = plan_jobs(preset, shared=shared, overrides=overrides, prefix=prefix, models=models,
+                     ssl=ssl, ratios=ratios, seeds=seeds, depth=store.visits_for()[0].shape[1])
+    return with_matched_jobs(jobs, store, prefix=prefix) if preset.compute_matched else jobs
+
+
+def with_matched_jobs(jobs: list[Job], store: Any, *, prefix: str) -> list[Job]:
+    """``jobs`` with, after each ratio's runs, the from-scratch control of every network that
+    has both a scratch row and a pretraining: trained for the pretraining's steps plus the
+    fine-tuning's (:func:`tune.core.compute_matched_config`), one per seed, the row
+    ``<network> (scratch, matched steps)``."""
+    pretrainings = {j.model: j for j in jobs if j.config.task == "pretrain"}
+    out: list[Job] = []
+    for i, job in enumerate(jobs):
+        out.append(job)
+        ends_ratio = i + 1 == len(jobs) or jobs[i + 1].ratio != job.ratio
+        if not ends_ratio or job.config.task == "pretrain":
+            continue
+        for scratch in [j for j in jobs if j.ratio == job.ratio and j.ssl == "none"
+                        and j.config.task == "finetune" and j.model in pretrainings]:
+            name = f"{prefix}-{scratch.model}-{MATCHED}-r{scratch.ratio:g}-s{scratch.seed}"
+            config = compute_matched_config(scratch.config, pretrainings[scratch.model].config,
+                                            store).with_overrides({"run_name": name})
+            out.append(Job(name, config, evaluate=True, model=scratch.model, ssl=MATCHED,
+                           ratio=scratch.ratio, seed=scratch.seed))
+    return out
 
 
 def recipe_mismatch(recorded: Mapping[str, Any], wanted: TrainConfig) -> list[str]:
@@ -277,64 +288,6 @@ def plan_markdown(rows: Sequence[PlannedRun], *, crop: Sequence[int], concurrenc
                      f"{concurrency} run(s) at once (validation, evaluation and start-up not "
                      "counted; a fine-tuning waits for its pretraining).")
     return "\n".join(lines)
-
-
-# -- one run, in a Ray task ------------------------------------------------------------------
-
-def _execute_job(cfg: TrainConfig, parent_run_id: str, tags: dict[str, str],
-                 eval_dir: str | None) -> dict[str, Any]:
-    """Train (or find finished) one run; evaluate it (once) when ``eval_dir`` is given."""
-    import torch
-
-    from fpn.training.driver import run_training
-
-    torch.set_num_threads(1)  # the work happens in the Train workers; evaluation is small
-    started = time.monotonic()
-    record = run_training(cfg, parent_run_id=parent_run_id, extra_tags=tags)
-    out: dict[str, Any] = {"record": asdict(record), "seconds": time.monotonic() - started}
-    if eval_dir is not None:
-        from fpn.data.store import open_store
-
-        store = open_store(cfg.data.store, storage_options=cfg.data.storage_options)
-        out["records"] = evaluate_run(record, store, tracking_uri=cfg.tracking_uri(),
-                                      out_dir=eval_dir, log=_log).records
-    return out
-
-
-def _run_jobs(jobs: list[Job], *, concurrency: int, parent_run_id: str, eval_dir: Path,
-              tags: dict[str, str]) -> tuple[dict[str, dict], dict[str, str]]:
-    """Run ``jobs`` as Ray tasks, at most ``concurrency`` at once, each after its ``after``."""
-    import ray
-
-    driver = driver_resources()
-    remote = ray.remote(num_cpus=driver.pop("CPU"), resources=driver or None,
-                        max_retries=0)(_execute_job)
-    pending = list(jobs)
-    running: dict[Any, Job] = {}
-    done: dict[str, dict] = {}
-    failed: dict[str, str] = {}
-    while pending or running:
-        for job in [j for j in pending if j.after in failed]:
-            pending.remove(job)
-            failed[job.name] = f"its pretraining {job.after} failed"
-        ready = [j for j in pending if j.after is None or j.after in done]
-        while ready and len(running) < concurrency:
-            job = ready.pop(0)
-            pending.remove(job)
-            job_eval = str(eval_dir / job.name) if job.evaluate else None
-            job_tags = {**tags, T.PAPER_TABLE_METHOD: row_label(job.model, job.ssl)}
-            running[remote.remote(job.config, parent_run_id, job_tags, job_eval)] = job
-        if not running:
-            break
-        finished, _ = ray.wait(list(running), num_returns=1)
-        job = running.pop(finished[0])
-        try:
-            done[job.name] = ray.get(finished[0])
-            _log(f"{job.name}: done ({done[job.name]['seconds']:.0f} s)")
-        except Exception as exc:  # noqa: BLE001 -- a failed run must not take the others with it
-            failed[job.name] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-            _log(f"{job.name}: FAILED: {failed[job.name]}")
-    return done, failed
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -549,8 +502,8 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
     _log(f"{len(jobs)} runs ({len(finished_before)} already finished), {conc} at a time, "
          f"{cpw:g} CPU per Train worker; MLflow {uri}, parent run {parent_id}")
 
-    done, failed = _run_jobs(jobs, concurrency=conc, parent_run_id=parent_id,
-                             eval_dir=out / "evaluations", tags={T.PAPER_TABLE: preset})
+    done, failed = run_jobs(jobs, concurrency=conc, parent_run_id=parent_id,
+                            eval_dir=out / "evaluations", tags={T.PAPER_TABLE: preset}, log=_log)
 
     patients = visit_patients([rec for j in jobs if j.evaluate and j.name in done
                                for rec in done[j.name]["records"]])
