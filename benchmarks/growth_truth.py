@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# no progress bar per downloaded file (a registered model is some 75 files)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _mean(values: list[float]) -> float:

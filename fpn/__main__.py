@@ -16,6 +16,8 @@ import sys
 from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# no progress bar per downloaded file (a registered model is some 75 files)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 __all__ = ["config_from_args", "main"]
 
@@ -39,8 +41,11 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", dest="epochs", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--crop", dest="data.crop", type=int, nargs=2, metavar=("S", "W"))
+    p.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int,
+                   help="the budget: optimizer steps per epoch at every ratio (default: the "
+                   "recipe's; none: --multiplier crops per volume)")
     p.add_argument("--multiplier", dest="data.multiplier", type=int,
-                   help="crops per volume per epoch")
+                   help="crops per volume per epoch (without a --steps-per-epoch budget)")
     p.add_argument("--lr", dest="optim.lr", type=float)
     p.add_argument("--optimizer", dest="optim.name", choices=["sgd", "adamw"])
     p.add_argument("--weight-decay", dest="optim.weight_decay", type=float)

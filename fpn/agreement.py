@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from fpn.figures import save_figure
 from fpn.growth import EyeGrowth, VisitArea, growth_per_eye, visit_areas
-from fpn.storage import atomic_file
 
 __all__ = [
     "METRIC_NAMES",
@@ -349,8 +349,4 @@ def plot_bland_altman(path: str | Path, visits: Sequence[VisitArea], unit: str =
     ax.set_title(f"Bland-Altman: {ba.n} visits, {_n_eyes(graded)} eyes, "
                  f"{_n_patients(graded)} patients", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -58,7 +58,12 @@ class DataConfig(_Section):
     ratio: float = Field(1.0, gt=0.0, le=1.0, description="fraction of training patients labelled")
     subset_seed: int = 0
     crop: tuple[int, int] = (32, 256)
-    multiplier: int = Field(20, ge=1, description="crops per volume per epoch")
+    multiplier: int = Field(20, ge=1, description="crops per volume per epoch, when "
+                            "TrainConfig.steps_per_epoch is None (the reference's budget: 20)")
+    foreground_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="segmentation: this fraction of training crops is "
+        "drawn around a GA pixel of its visit (nnU-Net forces a third); the rest uniformly. "
+        "0: uniform crops only (the reference)")
     augment: bool = True
     noise_std: float = Field(0.0, ge=0.0, description="per-voxel Gaussian noise on the z-scored OCT")
     offset_std: float = Field(0.2, ge=0.0, description="std of one additive offset per crop; 0: off")
@@ -128,10 +133,27 @@ class TrainConfig(_Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     epochs: int = Field(40, ge=1)
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="the budget in optimizer steps: every epoch is this many steps "
+        "per worker whatever the number of training visits (the crops cycle over the visits), "
+        "the same at every ratio; None: data.multiplier crops per visit (the reference)")
     batch_size: int = Field(8, ge=1)
     seed: int = 0
     init: str | None = Field(None, description="checkpoint path, run dir or models:/NAME@ALIAS")
     reinit_head: bool = False
+    head_prior: bool = Field(
+        True, description="segmentation: a fresh head (from scratch, or reinit_head) starts "
+        "with its output bias at the logit of the training split's GA fraction; False: bias 0 "
+        "(the reference)")
+    bn_recompute_batches: int = Field(
+        8, ge=0, description="recompute BatchNorm running statistics on this many training "
+        "batches before every validation and checkpoint (averaged over workers); 0: off (the "
+        "reference: the running averages of training)")
+    selection: Literal["pooled_dice", "mean_dice"] = Field(
+        "pooled_dice", description="segmentation: the validation score that ranks checkpoints, "
+        "trials and ASHA's stops: pooled_dice (Dice over every pixel of the split: a model "
+        "that predicts nothing scores 0 where the split has GA) or mean_dice (the reference: "
+        "the mean of per-visit Dice, an empty prediction on an empty mask scoring 1)")
     keep_best: int = Field(5, ge=1)
     run_name: str | None = None
     workers: int = Field(1, ge=1)

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from fpn.figures import save_figure
 from fpn.storage import atomic_file
 
 __all__ = [
@@ -489,8 +490,4 @@ def plot_growth(path: str | Path, eyes: Sequence[EyeGrowth], unit: str = "mm2",
     fig.suptitle(f"GA area per eye ({len(shown)} eyes"
                  + (f"; {left_out} more not shown)" if left_out else ")"), fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

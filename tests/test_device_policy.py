@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fpn.config import TrainConfig
-from fpn.device import CompiledWithFallback, device_policy, to_channels_last
+from fpn.device import CompiledWithFallback, cpu_has_amx_bf16, device_policy, to_channels_last
 from fpn.models import create_model, list_models
 
 TINY = {"fpn": {"width": 0.25}, "resensnet": {"width": 0.25}}
@@ -45,6 +45,48 @@ def test_cpu_policy_values():
     assert cpu.resources_per_worker(1) == {"CPU": 1.0}
     with pytest.raises(ValueError, match="unsupported device type"):
         device_policy("tpu", None)
+
+
+def test_cpu_bf16_autocast_needs_amp_cpu_amp_and_amx():
+    """bf16 on CPU only where the recipe asks for it (``amp`` and ``cpu_amp``) and the CPU has
+    AMX; ``amx`` stands in for the CPUID probe, so both answers are checked on any machine."""
+    from types import SimpleNamespace
+
+    def cfg(**over):  # a config with the fields the policy reads (cpu_amp may not be a field yet)
+        return SimpleNamespace(**{"amp": True, "cpu_amp": True, **over})
+
+    assert device_policy("cpu", cfg(), amx=True).autocast_dtype == torch.bfloat16
+    assert device_policy("cpu", cfg(), amx=False).autocast_dtype is None
+    assert device_policy("cpu", cfg(amp=False), amx=True).autocast_dtype is None
+    assert device_policy("cpu", cfg(cpu_amp=False), amx=True).autocast_dtype is None
+    assert device_policy("cpu", _cfg(), amx=True).autocast_dtype is None  # TrainConfig's default
+    assert device_policy("cpu", None, amx=True).autocast_dtype is None  # inference: fp32
+    assert not device_policy("cpu", cfg(), amx=True).channels_last
+    assert device_policy("cuda", cfg(amp=False), amx=True).autocast_dtype is None
+    assert isinstance(cpu_has_amx_bf16(), bool)
+
+
+def test_train_epoch_runs_cpu_bf16_autocast():
+    """The loop under the CPU bf16 policy (runs on any x86 CPU; fast only with AMX)."""
+    from types import SimpleNamespace
+
+    from fpn.losses import build_loss
+    from fpn.training.loop import build_optimizer, train_epoch
+
+    cfg = _cfg(batch_size=2)
+    policy = device_policy("cpu", SimpleNamespace(amp=True, cpu_amp=True), amx=True)
+    assert policy.autocast_dtype == torch.bfloat16
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(2, *SHAPE[1:], generator=g),
+                (torch.rand(2, 1, SHAPE[2], SHAPE[4], generator=g) > 0.5).float())]
+    losses = []
+    for p in (policy, device_policy("cpu", cfg)):
+        torch.manual_seed(0)
+        model = p.prepare_model(create_model("fpn", **TINY["fpn"]), "cpu")
+        out = train_epoch(model, batches, build_loss(cfg.loss, False),
+                          build_optimizer(model, cfg.optim), torch.device("cpu"), cfg, p)
+        losses.append(out["loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=2e-2)  # bf16 rounding, same step
 
 
 def test_whole_module_memory_format_call_fails_but_per_rank_conversion_works():

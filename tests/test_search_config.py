@@ -25,7 +25,12 @@ def test_every_shipped_recipe_is_a_valid_train_config():
         for k, v in recipe_overrides(name).items():
             set_dotted(tree, k, v)
         TrainConfig.model_validate(tree)
-    assert recipe_overrides("reference") == {}  # the reference recipe is TrainConfig's defaults
+    # the reference recipe is TrainConfig's defaults, spelled out where they set the budget
+    defaults = TrainConfig.model_validate({"data": {"store": "/x.zarr"}}).flat_params()
+    reference = recipe_overrides("reference")
+    assert reference and all(defaults[k] == v for k, v in reference.items())
+    for name in RECIPES:  # every recipe states its optimiser and its budget
+        assert {"optim.name", "steps_per_epoch"} <= set(recipe_overrides(name)), name
     assert recipe_overrides("quick")["model.kwargs.width"] == 0.5
 
 

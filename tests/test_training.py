@@ -8,6 +8,7 @@ mid-epoch).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -94,6 +95,13 @@ def test_pretraining_tracks_one_mlflow_run_with_every_epoch(pretrained):
     assert run.data.tags["fpn.store_fingerprint"] == open_store(cfg.data.store).fingerprint
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/ssim_mean")]
     assert sorted(steps) == [0, 1]
+    # the optimizer steps each of the two workers took, every epoch: the budget as spent
+    # (2 crops per visit, batch 2, two workers; BatchNorm recomputed and averaged over both)
+    from fpn.training.budget import steps_per_epoch
+
+    visits = len(plan_visits(open_store(cfg.data.store), cfg.data.target).train_keys)
+    taken = [m.value for m in client.get_metric_history(run.info.run_id, "train/steps")]
+    assert taken == [float(steps_per_epoch(cfg, visits, world=2))] * 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "learning_curves.png", "overlays"} <= artifacts
 
@@ -139,6 +147,8 @@ def test_finetune_starts_from_pretrained_weights(pretrained, finetuned):
 
     # one epoch at lr 1e-3 moves the weights a little; a fresh initialisation is far away
     assert dist(ft_sd, pre_sd) < 0.1 * dist(scratch, pre_sd)
+    # checkpoints are ranked by Dice pooled over the validation pixels (TrainConfig's default)
+    assert outcome.score_name == "val/dice_pooled"
 
 
 def test_predict_and_evaluate_agree_with_written_pngs(finetuned, synthetic_store, tmp_path):
@@ -166,3 +176,46 @@ def test_predict_and_evaluate_agree_with_written_pngs(finetuned, synthetic_store
     assert by_visit
     assert summary["visits"] == len(by_visit)
     assert summary["dice_mean"] == pytest.approx(np.mean(list(by_visit.values())), abs=1e-6)
+
+
+def test_evaluate_growth_and_a_bare_volume(finetuned, synthetic_store, tmp_path, capsys):
+    """``evaluate`` reports the patient-level mean and interval and the agreement of the areas
+    with the graders; ``growth`` writes growth.csv, the plots and the MLflow entries; a bare
+    .npy volume without spacing still gets its mask (area in pixels, one line saying why),
+    and ``--spacing`` gives mm^2."""
+    from mlflow.tracking import MlflowClient
+
+    from fpn.__main__ import main
+    from fpn.evaluation import evaluate
+
+    cfg, outcome = finetuned
+    summary = evaluate(outcome.run_dir, str(synthetic_store), split="test", out=str(tmp_path),
+                       tracking_uri=cfg.tracking_uri())
+    for key in ("patients", "dice_patient_mean", "dice_patient_ci_low", "area_bias_mm2",
+                "area_loa_low_mm2", "area_icc", "growth_n_eyes"):
+        assert key in summary, key
+    assert (tmp_path / "growth.csv").is_file() and (tmp_path / "bland_altman.png").is_file()
+
+    out = tmp_path / "growth"
+    assert main(["growth", "--model", outcome.run_dir, "--data", str(synthetic_store),
+                 "--split", "test", "--out", str(out), "--mlflow", cfg.tracking_uri()]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    header = (out / "growth.csv").read_text().splitlines()[0]
+    assert "rate_mm2_per_year" in header and "reason" in header
+    assert (out / "growth.png").is_file() and printed["growth_n_eyes"] >= 1
+    run = MlflowClient(tracking_uri=cfg.tracking_uri()).get_run(printed["mlflow_run_id"])
+    assert "test/growth_n_eyes" in run.data.metrics
+
+    store = open_store(str(synthetic_store))
+    key = store.visits_for(splits="test")[0].key
+    volume = tmp_path / "bare.npy"
+    np.save(volume, store.read(key, "oct"))
+    assert main(["predict", "--model", outcome.run_dir, "--input", str(volume),
+                 "--out", str(tmp_path / "px"), "--mlflow", cfg.tracking_uri()]) == 0
+    assert "no spacing" in capsys.readouterr().out
+    assert "area_px" in (tmp_path / "px" / "areas.csv").read_text().splitlines()[0]
+    assert (tmp_path / "px" / "bare_mask.png").is_file()
+    assert main(["predict", "--model", outcome.run_dir, "--input", str(volume), "--spacing",
+                 "0.1", "0.004", "0.05", "--out", str(tmp_path / "mm"),
+                 "--mlflow", cfg.tracking_uri()]) == 0
+    assert "area_mm2" in (tmp_path / "mm" / "areas.csv").read_text().splitlines()[0]

@@ -75,7 +75,7 @@ class SearchConfig(BaseModel):
                                         + "; none: as many as epochs")
     grace_period: int | None = Field(
         None, ge=1, description="ASHA: epochs before a trial can be stopped (default: half the "
-        "epochs; earlier validation Dice ranks trials poorly, benchmarks/README.md)")
+        "epochs, at least 2; earlier validation scores rank trials poorly, benchmarks/README.md)")
     space: str | None = Field(None, description="YAML search space "
                               + search_preset_help("space"))
     storage: str | None = Field(None, description="Ray storage path or URL (default workdir/ray)")
@@ -127,7 +127,13 @@ class SearchConfig(BaseModel):
         return Path(self.workdir).expanduser().resolve()
 
     def store_path(self) -> str:
-        return self.data if self.data else str(self.work_path() / "data" / "store.zarr")
+        """``data``, or the preset's synthetic store in the workdir (where
+        :func:`tune.core.make_synthetic_store` makes it)."""
+        if self.data:
+            return self.data
+        spec = self.preset.store
+        assert spec is not None, "a preset without a synthetic store needs data"
+        return str(self.work_path() / "data" / spec.folder_name(self.seed) / "store.zarr")
 
     def storage_path(self) -> str:
         return absolute_location(self.storage) if self.storage else str(self.work_path() / "ray")
@@ -169,7 +175,10 @@ class SearchConfig(BaseModel):
         return Path(self.space) if self.space else self.preset.space
 
     def asha_grace(self) -> int:
-        return self.grace_period or max(1, self.train_epochs() // 2)
+        """ASHA's grace period in epochs: half the budget and at least two reports (one report
+        of a short run ranks trials by noise; benchmarks/README.md); never the last epoch."""
+        epochs = self.train_epochs()
+        return self.grace_period or max(1, min(epochs - 1, max(2, epochs // 2)))
 
     def recipe_name(self) -> str:
         return self.recipe or self.preset.recipe

@@ -58,15 +58,23 @@ def log_folder() -> str | None:
 _BAR: list[Any] = []
 
 
-def progress_bar(total: int, *, enabled: bool = True) -> Any:
-    """The search's one progress bar over its fine-tunings (tqdm, on stderr), made current for
-    every :class:`SearchConsole` of this process; ``close()`` it when the search ends."""
+def progress_bar(total: int, *, desc: str = "fine-tunings", enabled: bool = True) -> Any:
+    """The command's one progress bar over its runs (tqdm, on stderr), made current for every
+    :class:`SearchConsole` and :func:`say` of this process; :func:`close_progress_bar` when
+    the command ends."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="fine-tunings", unit="run", disable=not enabled,
+    bar = tqdm(total=total, desc=desc, unit="run", disable=not enabled,
                dynamic_ncols=True, leave=True)
     _BAR[:] = [bar]
     return bar
+
+
+def step_progress_bar(*_: Any) -> None:
+    """One more run ended (any arguments are ignored: a callback)."""
+    bar = _current_bar()
+    if bar is not None:
+        bar.update(1)
 
 
 def close_progress_bar() -> None:
@@ -115,9 +123,7 @@ class SearchConsole(Callback):
         say(f"[search] {self.study} {text}")
 
     def _step(self) -> None:
-        bar = _current_bar()
-        if bar is not None:
-            bar.update(1)
+        step_progress_bar()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         params = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)

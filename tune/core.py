@@ -214,10 +214,12 @@ def _execute_job(cfg: Any, parent_run_id: str, tags: dict[str, str],
 
 def run_jobs(jobs: list[Job], *, concurrency: int, parent_run_id: str | None, eval_dir: Path,
              tags: dict[str, str], log: Callable[[str], None] = print,
+             on_end: Callable[[Job], None] | None = None,
              ) -> tuple[dict[str, dict], dict[str, str]]:
     """Run ``jobs`` as Ray tasks (each a driver holding :func:`driver_resources`; its Train
     workers in their own placement group), at most ``concurrency`` at once, each after its
-    ``after``. A failed run does not take the others with it.
+    ``after``; ``on_end(job)`` when a run ends (a progress bar). A failed run does not take the
+    others with it.
 
     Returns:
         ``(done, failed)``: per finished job its record, seconds and (evaluated ones) test
@@ -248,6 +250,8 @@ def run_jobs(jobs: list[Job], *, concurrency: int, parent_run_id: str | None, ev
             break
         finished, _ = ray.wait(list(running), num_returns=1)
         job = running.pop(finished[0])
+        if on_end is not None:
+            on_end(job)
         try:
             done[job.name] = ray.get(finished[0])
             log(f"{job.name}: done ({done[job.name]['seconds']:.0f} s)")

@@ -89,9 +89,8 @@ class SearchPreset:
 SEARCH_PRESETS: dict[str, SearchPreset] = {
     # the main job: the poster's question on a synthetic store, within ~15 minutes on 2 cores
     "demo": SearchPreset(
-        name="demo", recipe="cpu-small", space=_HERE / "demo_space.yaml", trials=3, epochs=3,
-        pretrain_epochs=4, baseline=True, min_crops_per_epoch=48,
-        store=DEMO_STORE, compute_matched=True),
+        name="demo", recipe="cpu-small", space=_HERE / "demo_space.yaml", trials=3, epochs=4,
+        pretrain_epochs=3, baseline=True, store=DEMO_STORE, compute_matched=True),
     # real data (--data): the reference recipe and the full space, the pretrained row
     "real": SearchPreset(
         name="real", recipe="reference", space=_HERE / "default_space.yaml", trials=4,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fpn import tags as T
+from fpn.figures import save_figure
 from tune import results
 from tune.results import Cell, plain_cell
 
@@ -105,10 +106,7 @@ def plot_trials(study: Any, path: str | Path) -> Path:
     ax.set_title(study.study_name, fontsize=9)
     ax.set_ylim(0, 1)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def collect_rows(client: Any, experiment_id: str, task: str, model: str,

@@ -58,6 +58,7 @@ from typing import Literal
 
 import numpy as np
 
+from fpn.figures import save_figure
 from fpn.stats import (
     PairedComparison,
     SeedSummary,
@@ -578,7 +579,4 @@ def plot_cells(cells: Sequence[Cell], path: str | Path, *, scale: float = 100.0,
     ax.set_ylabel(ylabel + (" (95% CI over patients)" if any(c.summary for c in shown) else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

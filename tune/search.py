@@ -16,6 +16,8 @@ import os
 import sys
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# no progress bar per downloaded file (a registered model is some 75 files)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from tune.config import SearchConfig, load_search_config
 from tune.search_steps import SearchResult, run_search

@@ -119,8 +119,10 @@ def ensure_store(cfg: SearchConfig) -> str:
         return cfg.data
     spec = cfg.preset.store
     assert spec is not None, "a preset without a store needs --data"
-    return make_synthetic_store(cfg.work_path() / "data", spec, seed=cfg.seed,
+    made = make_synthetic_store(cfg.work_path() / "data", spec, seed=cfg.seed,
                                 num_cpus=cfg.num_cpus, log=_log)
+    assert made == cfg.store_path(), (made, cfg.store_path())  # the runs' config names it
+    return made
 
 
 def plan_resources(cfg: SearchConfig) -> ResourcePlan:
@@ -155,6 +157,7 @@ def _fix_architecture(space: SearchSpace, base: TrainConfig, init: str, uri: str
         _log(f"{init}: the given pretrained network fixes the architecture; not searching "
              f"{', '.join(dropped)}")
     return base, SearchSpace(
+        optimizer=space.optimizer,
         params={k: v for k, v in space.params.items() if k not in dropped},
         fixed={k: v for k, v in space.fixed.items() if not k.startswith("model.")})
 
@@ -184,7 +187,7 @@ def _ratio_base(cfg: SearchConfig, base: TrainConfig, ratio: float, store: Any) 
     """The base config at ``ratio``; at scarce ratios more crops per visit (``crops_floor``)."""
     at_ratio = {"data.ratio": ratio}
     floor = cfg.crops_floor()
-    if floor:
+    if floor and base.steps_per_epoch is None:  # a budget in steps needs no floor
         from fpn.data.splits import plan_visits
 
         visits = len(plan_visits(store, "mask", ratio, cfg.seed).train_keys)

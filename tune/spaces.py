@@ -12,6 +12,15 @@ A space file maps dotted :class:`fpn.config.TrainConfig` keys to distributions::
 ``complement: KEY`` also sets ``KEY = 1 - value`` (the Dice vs BCE balance), and ``fixed`` values
 are applied to every trial unchanged. :class:`SearchSpace` is picklable (Ray Tune checkpoints the
 searcher with it) and is called with an Optuna trial (TPE samples define-by-run spaces).
+
+One optimiser per comparison: a learning rate means nothing without its optimiser (AdamW's
+2e-3 is SGD's 50x too small), and a search's pretraining and its fine-tunings, scratch and
+pretrained arms alike, train with the recipe's optimiser. So a space that searches optimiser
+knobs (``optim.*``) says which optimiser its ranges are for (``optimizer: sgd``), and
+:meth:`SearchSpace.check_against` refuses it, naming the key, before anything trains, when the
+runs' optimiser (the recipe's, or ``--set optim.name``) is another one, when the space searches
+``optim.name`` or fixes another one than the runs', or when a range leaves what is plausible for
+that optimiser (:data:`PLAUSIBLE`, a second guard).
 """
 
 from __future__ import annotations
@@ -23,7 +32,22 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["ParamSpec", "SearchSpace", "load_space"]
+__all__ = ["PLAUSIBLE", "ParamSpec", "SearchSpace", "load_space"]
+
+Optimizer = Literal["sgd", "adamw"]
+
+#: what each optimiser's knobs may plausibly be, ``{optimizer: {key: (low, high)}}``; a knob
+#: missing here (momentum under AdamW, which has none) cannot be searched or fixed for it.
+#: SGD with momentum 0.9: the reference trains at lr 0.1, and below 1e-3 a short run barely
+#: moves; AdamW: 1e-4 to 1e-2 is the usual range, its decoupled weight decay up to 0.1 or so.
+PLAUSIBLE: dict[str, dict[str, tuple[float, float]]] = {
+    "sgd": {"optim.lr": (1e-3, 1.0), "optim.momentum": (0.0, 0.99),
+            "optim.weight_decay": (0.0, 1e-2)},
+    "adamw": {"optim.lr": (1e-5, 2e-2), "optim.weight_decay": (0.0, 0.5)},
+}
+#: knobs whose meaning does not depend on the optimiser
+_OPTIMISER_FREE = frozenset({"optim.schedule", "optim.warmup_epochs", "optim.pretrained_lr_scale",
+                             "optim.grad_clip"})
 
 
 class ParamSpec(BaseModel):
@@ -60,6 +84,8 @@ class SearchSpace(BaseModel):
 
     params: dict[str, ParamSpec]
     fixed: dict[str, Any] = Field(default_factory=dict)
+    #: the optimiser the space's ``optim.*`` ranges are for; required when it has any
+    optimizer: Optimizer | None = None
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         """Optuna define-by-run: sample every parameter on ``trial``; return the derived and
@@ -118,10 +144,57 @@ class SearchSpace(BaseModel):
                 extra = ({spec.complement: round(1.0 - float(value), 12)}
                          if spec.complement else None)
                 check(key, value, extra)
+        self._check_optimizer(base, where)
+
+    def _check_optimizer(self, base: dict[str, Any], where: str) -> None:
+        """The space's optimiser knobs are for the optimiser the runs train with (see the
+        module's docstring).
+
+        Raises:
+            ValueError: naming ``where``, the key and the problem.
+        """
+        runs = str(base.get("optim", {}).get("name", "sgd"))
+        if "optim.name" in self.params:
+            raise ValueError(
+                f"{where}: 'optim.name' is searched, but pretraining and fine-tuning, scratch and "
+                "pretrained alike, train with one optimiser: the recipe's (or --set optim.name)")
+        fixed_name = self.fixed.get("optim.name")
+        if fixed_name is not None and fixed_name != runs:
+            raise ValueError(
+                f"{where}: 'optim.name' is fixed to {fixed_name!r} for the fine-tunings, but the "
+                f"runs (pretraining included) train with {runs!r}: set the optimiser in the "
+                f"recipe or with --set optim.name={fixed_name}")
+        knobs = {k: v for k, v in {**self.fixed, **self.params}.items()
+                 if k.startswith("optim.") and k != "optim.name" and k not in _OPTIMISER_FREE}
+        if not knobs:
+            return
+        first = next(iter(knobs))
+        if self.optimizer is None:
+            raise ValueError(
+                f"{where}: {first!r} is searched, but the space does not say which optimiser its "
+                f"range is for: add `optimizer: {runs}` (or the optimiser it was made for)")
+        if self.optimizer != runs:
+            raise ValueError(
+                f"{where}: {first!r} is a range for {self.optimizer}, but the runs train with "
+                f"{runs} (the recipe's optimiser, or --set optim.name): a range for one is no "
+                f"range for the other; use a space for {runs} or train with {self.optimizer}")
+        plausible = PLAUSIBLE[runs]
+        for key, value in knobs.items():
+            if key not in plausible:
+                raise ValueError(f"{where}: {key!r} has no meaning for {runs}")
+            low, high = plausible[key]
+            values = ([value] if not isinstance(value, ParamSpec)
+                      else list(value.choices or []) if value.type == "categorical"
+                      else [value.low, value.high])
+            for v in values:
+                if not isinstance(v, (int, float)) or not low <= float(v) <= high:
+                    raise ValueError(
+                        f"{where}: {key} = {v!r} is not a plausible value for {runs} "
+                        f"(expected {low:g} to {high:g})")
 
     def describe(self) -> str:
         """One line per parameter, for logs and model cards."""
-        lines = []
+        lines = [f"optimizer: {self.optimizer}"] if self.optimizer else []
         for name, s in self.params.items():
             what = (f"one of {s.choices}" if s.type == "categorical"
                     else f"{s.type} in [{s.low:g}, {s.high:g}]{' (log)' if s.log else ''}")

@@ -167,4 +167,6 @@ def run_tuner(cfg: SearchConfig, spec: TrialSpec, space: SearchSpace,
     del board
     errors = [r.error for r in grid if r.error is not None]
     if errors and len(errors) == len(grid):
-        raise RuntimeError(f"{study_name}: every trial failed; first error: {errors[0]}")
+        last = str(errors[0]).strip().splitlines()  # the error itself, not Ray's traceback
+        raise RuntimeError(f"{study_name}: every trial failed; the first: "
+                           f"{last[-1] if last else repr(errors[0])}")

@@ -16,7 +16,14 @@ import torch
 from torch.utils.data import Dataset
 
 from fpn.config import DataConfig
-from fpn.data.transforms import augment, bscan_stats, crop_window, target_from, zscore
+from fpn.data.transforms import (
+    augment,
+    bscan_stats,
+    crop_window,
+    crop_window_around,
+    target_from,
+    zscore,
+)
 
 __all__ = ["CropDataset", "VolumeDataset", "select_visits", "stored_name"]
 
@@ -52,10 +59,11 @@ class _StoreHandle:
     _store: Any = field(default=None, repr=False)
     _pid: int | None = field(default=None, repr=False)
     _stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    _foreground: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "storage_options": self.storage_options,
-                "_store": None, "_pid": None, "_stats": {}}
+                "_store": None, "_pid": None, "_stats": {}, "_foreground": {}}
 
     @property
     def store(self) -> Any:
@@ -73,25 +81,40 @@ class _StoreHandle:
             self._stats[key] = bscan_stats(self.store.read(key, "oct"))
         return self._stats[key]
 
+    def foreground(self, key: str) -> np.ndarray:
+        """The ``(S, W)`` positions of the visit's GA pixels, ``(n, 2)`` (read once per
+        visit per process; the en-face mask is small)."""
+        if key not in self._foreground:
+            self._foreground[key] = np.argwhere(self.store.read(key, "mask") >= 0.5)
+        return self._foreground[key]
+
 
 class CropDataset(Dataset):
-    """``multiplier x len(keys)`` random crops per epoch.
+    """``length`` random crops per epoch (default ``multiplier x len(keys)``, the reference's
+    crops per volume; a run with a budget in optimizer steps gives ``steps x batch x workers``).
 
-    Item ``i`` of epoch ``e`` is a crop of visit ``keys[i % len(keys)]`` drawn with the seed
-    ``(seed, e, i)``: the same on every run, different every epoch. Call :meth:`set_epoch`
-    before iterating (DataLoader workers must not be persistent, so they see the new epoch).
+    Item ``i`` of epoch ``e`` is a crop of visit ``keys[i % len(keys)]`` (the crops cycle over
+    the visits) drawn with the seed ``(seed, e, i)``: the same on every run, different every
+    epoch. Call :meth:`set_epoch` before iterating (DataLoader workers must not be persistent,
+    so they see the new epoch). With ``cfg.foreground_fraction`` > 0 (masks only), each crop is,
+    with that probability drawn from its own seed, a window around one of its visit's GA pixels
+    (uniform among them); a visit without GA gives a uniform crop.
 
     Returns ``(oct, target)``: ``(1, cs, D, cw)`` z-scored OCT and ``(1, cs, cw)`` target,
     ``cs, cw = min(crop, volume)`` (every volume is cropped to the smallest common size, so that
     crops batch).
     """
 
-    def __init__(self, cfg: DataConfig, keys: Sequence[str], seed: int = 0):
+    def __init__(self, cfg: DataConfig, keys: Sequence[str], seed: int = 0,
+                 length: int | None = None):
         if not keys:
             raise ValueError(f"{cfg.store}: no visits with target {cfg.target!r} to train on")
+        if length is not None and length < 1:
+            raise ValueError(f"CropDataset length must be >= 1, got {length}")
         self.cfg = cfg
         self.keys = list(keys)
         self.seed = seed
+        self.length = length if length is not None else cfg.multiplier * len(self.keys)
         self.epoch = 0
         self._handle = _StoreHandle(cfg.store, dict(cfg.storage_options))
         shapes = [self._handle.store.visit(k).shape for k in self.keys]
@@ -108,14 +131,25 @@ class CropDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.cfg.multiplier * len(self.keys)
+        return self.length
+
+    def _window(self, key: str, shape_sw: tuple[int, int],
+                rng: np.random.Generator) -> tuple[slice, slice]:
+        fraction = self.cfg.foreground_fraction if self.cfg.target == "mask" else 0.0
+        # nothing drawn when off: the crops are then exactly those of a run without the option
+        if fraction > 0 and rng.random() < fraction:
+            points = self._handle.foreground(key)
+            if len(points):
+                s, w = points[int(rng.integers(len(points)))]
+                return crop_window_around(shape_sw, self.crop, (int(s), int(w)), rng)
+        return crop_window(shape_sw, self.crop, rng)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, index))
         key = self.keys[index % len(self.keys)]
         store = self._handle.store
         info = store.visit(key)
-        ws, ww = crop_window((info.shape[0], info.shape[2]), self.crop, rng)
+        ws, ww = self._window(key, (info.shape[0], info.shape[2]), rng)
         oct_crop = store.read(key, "oct", region=(ws, slice(None), ww))
         mean, std = self._handle.stats(key)
         oct_crop = zscore(oct_crop, mean[ws], std[ws], self.cfg.zscore_eps)

@@ -13,6 +13,7 @@ __all__ = [
     "augment",
     "bscan_stats",
     "crop_window",
+    "crop_window_around",
     "target_from",
     "zscore",
 ]
@@ -46,6 +47,24 @@ def crop_window(
     for size, want in zip(shape_sw, crop_sw):
         c = min(size, want)
         start = int(rng.integers(0, size - c + 1))
+        out.append(slice(start, start + c))
+    return out[0], out[1]
+
+
+def crop_window_around(
+    shape_sw: tuple[int, int], crop_sw: tuple[int, int], point_sw: tuple[int, int],
+    rng: np.random.Generator,
+) -> tuple[slice, slice]:
+    """A random ``(S, W)`` window of size ``crop_sw`` (clipped to the volume) that contains
+    ``point_sw``: each start is uniform among those that keep the point inside (nnU-Net's
+    foreground oversampling centres nothing either: the point may lie anywhere in the crop)."""
+    out = []
+    for size, want, at in zip(shape_sw, crop_sw, point_sw):
+        if not 0 <= at < size:
+            raise ValueError(f"point {tuple(point_sw)} lies outside the volume {tuple(shape_sw)}")
+        c = min(size, want)
+        low, high = max(0, at - c + 1), min(at, size - c)
+        start = int(rng.integers(low, high + 1))
         out.append(slice(start, start + c))
     return out[0], out[1]
 

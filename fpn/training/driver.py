@@ -300,7 +300,8 @@ def _log_curves(logger: Any, client: Any, run_id: str) -> None:
     from fpn.training.overlays import save_learning_curves
 
     keys = [k for k in client.get_run(run_id).data.metrics
-            if k in ("train/loss", "val/dice_mean", "val/ssim_mean", "val/hd95_mean")]
+            if k in ("train/loss", "val/dice_mean", "val/dice_pooled", "val/ssim_mean",
+                     "val/hd95_mean")]
     history = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys}
     if history:
         with tempfile.TemporaryDirectory() as tmp:

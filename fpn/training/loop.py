@@ -60,7 +60,8 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module,
                 policy: DevicePolicy | None = None, *, start_step: int = 0,
                 partial: tuple[float, int] = (0.0, 0),
                 after_step: Callable[[int, float, int], None] | None = None) -> dict[str, float]:
-    """One pass over this worker's shard of crops; returns loss, crops and seconds.
+    """One pass over this worker's shard of crops; returns loss, crops, seconds and the
+    optimizer steps of the epoch (``steps``, those skipped on a resume included).
 
     ``policy`` (default: :func:`device_policy` for ``device``) decides the input's memory format,
     the copies and the autocast dtype. A pass resumed from a mid-epoch checkpoint skips its first
@@ -71,6 +72,7 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module,
     policy = policy or device_policy(device.type, cfg)
     model.train()
     total, n, t0 = float(partial[0]), int(partial[1]), time.perf_counter()
+    steps = start_step
     for step, (oct_crop, target) in enumerate(loader):
         if step < start_step:
             continue
@@ -89,9 +91,11 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module,
         opt.step()
         total += float(loss.detach()) * oct_crop.shape[0]
         n += oct_crop.shape[0]
+        steps = step + 1
         if after_step is not None:
             after_step(step + 1, total, n)
-    return {"loss": total / max(n, 1), "crops": float(n), "seconds": time.perf_counter() - t0}
+    return {"loss": total / max(n, 1), "crops": float(n), "seconds": time.perf_counter() - t0,
+            "steps": float(steps)}
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fpn.storage.locations import atomic_file
+from fpn.figures import save_figure
 
 __all__ = ["enface_projection", "save_learning_curves", "save_overlay"]
 
@@ -16,11 +16,6 @@ def enface_projection(oct_volume: np.ndarray) -> np.ndarray:
     p = np.asarray(oct_volume, np.float32).mean(axis=1)
     lo, hi = np.percentile(p, [1, 99])
     return np.clip((p - lo) / max(hi - lo, 1e-6), 0, 1)
-
-
-def _savefig(fig, out: Path) -> None:
-    with atomic_file(out) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 def save_overlay(out: str | Path, projection: np.ndarray, prob: np.ndarray,
@@ -54,9 +49,7 @@ def save_overlay(out: str | Path, projection: np.ndarray, prob: np.ndarray,
                      else "prediction (red)")
         ax.axis("off")
     fig.suptitle(title)
-    _savefig(fig, out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, bbox_inches="tight")
 
 
 def save_learning_curves(out: str | Path, history: dict[str, list[tuple[int, float]]]) -> Path:
@@ -76,6 +69,4 @@ def save_learning_curves(out: str | Path, history: dict[str, list[tuple[int, flo
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    _savefig(fig, out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, bbox_inches="tight")

@@ -51,6 +51,8 @@ from fpn.storage import (
     write_location_text,
 )
 from fpn.tags import VAL_SCORE
+from fpn.training.batchnorm import recompute_batchnorm
+from fpn.training.budget import crops_per_epoch
 from fpn.training.interruption import (
     SpotNoticePoller,
     StopRequest,
@@ -59,10 +61,12 @@ from fpn.training.interruption import (
     spot_notice_url,
 )
 from fpn.training.loop import build_optimizer, build_scheduler, train_epoch, validate
+from fpn.training.priors import ga_fraction, wants_head_prior
 
 __all__ = [
     "STATE_FILE",
     "STEP_CHECKPOINT_FILE",
+    "EpochOutcome",
     "RestoredState",
     "WorkerData",
     "build_loaders",
@@ -74,9 +78,12 @@ __all__ = [
     "restore_state",
     "save_train_state",
     "score_name",
+    "set_head_prior",
+    "settle_batchnorm",
     "step_fault_drill",
     "train_fn_per_worker",
     "train_state",
+    "train_then_validate",
 ]
 
 STATE_FILE = "train_state.pt"
@@ -117,8 +124,12 @@ def load_train_state(location: str | Path) -> dict[str, Any] | None:
 
 
 def score_name(cfg: TrainConfig) -> str:
-    """The validation metric that ranks checkpoints: Dice, or SSIM when pretraining."""
-    return "val/ssim_mean" if cfg.is_ssl else "val/dice_mean"
+    """The validation metric that ranks checkpoints, trials and ASHA's stops (``cfg.selection``):
+    Dice pooled over the split's pixels (an empty prediction scores 0 where the split has GA) or
+    the mean of per-visit Dice (the reference); SSIM when pretraining."""
+    if cfg.is_ssl:
+        return "val/ssim_mean"
+    return "val/dice_pooled" if cfg.selection == "pooled_dice" else "val/dice_mean"
 
 
 def _seed_everything(seed: int) -> None:
@@ -223,7 +234,8 @@ def build_loaders(cfg: TrainConfig, plan: Any, store: Any, rank: int, world: int
                   policy: DevicePolicy) -> WorkerData:
     """This worker's DataLoaders. Each loader process opens its own store handle (see
     :class:`fpn.data.dataset.CropDataset`), so object stores work with any ``loader_workers``."""
-    crops = CropDataset(cfg.data, plan.train_keys, seed=cfg.seed)
+    crops = CropDataset(cfg.data, plan.train_keys, seed=cfg.seed,
+                        length=crops_per_epoch(cfg, len(plan.train_keys), world))
     sampler = DistributedSampler(crops, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(crops, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.data.loader_workers, persistent_workers=False,
@@ -247,12 +259,68 @@ def epoch_metrics(epoch: int, train: dict[str, float], val: Any, lr: float, worl
     metrics: dict[str, float] = {
         "epoch": float(epoch),
         "train/loss": float(np.mean([p[1]["loss"] for p in parts])),
+        # optimizer steps per worker (DDP steps together): the budget as it was spent
+        "train/steps": float(max(p[1].get("steps", 0.0) for p in parts)),
         "train/crops_per_s": crops_total / max(seconds, 1e-9),
         "train/lr": lr,
         **{f"val/{k}": v for k, v in val.aggregate().items()},
     }
     metrics[VAL_SCORE] = float(metrics.get(score_key, float("nan")))
     return metrics
+
+
+def set_head_prior(model: torch.nn.Module, cfg: TrainConfig, store: Any, plan: Any,
+                   restored: RestoredState) -> float | None:
+    """A fresh head's output bias at the logit of the training visits' GA fraction
+    (:func:`fpn.training.priors.wants_head_prior` says when); returns the bias, None when
+    unchanged."""
+    from fpn.models.head import set_output_prior
+
+    resumed = restored.train_state is not None or restored.start_epoch > 0
+    if not wants_head_prior(cfg, resumed):
+        return None
+    return set_output_prior(model, ga_fraction(store, plan.train_keys))
+
+
+def settle_batchnorm(net: torch.nn.Module, data: WorkerData, cfg: TrainConfig,
+                     device: torch.device, policy: DevicePolicy) -> int:
+    """BatchNorm's running statistics recomputed on ``cfg.bn_recompute_batches`` batches of this
+    epoch's training crops and averaged over the workers (:mod:`fpn.training.batchnorm`), so
+    that validation and the checkpoint see settled statistics; returns the batches used."""
+    if cfg.bn_recompute_batches <= 0:
+        return 0
+    inputs = (policy.prepare_input(oct_crop, device) for oct_crop, _ in data.loader)
+    return recompute_batchnorm(net, inputs, cfg.bn_recompute_batches)
+
+
+@dataclass
+class EpochOutcome:
+    """One epoch of one worker: its training figures, its validation records and overlays'
+    probabilities, the epoch's learning rate and the batches BatchNorm was settled on."""
+
+    train: dict[str, float]
+    val: Any
+    probs: dict[str, np.ndarray]
+    lr: float
+    bn_batches: int
+
+
+def train_then_validate(step_model: torch.nn.Module, net: torch.nn.Module, data: WorkerData,
+                        loss_fn: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                        device: torch.device, cfg: TrainConfig, policy: DevicePolicy, *,
+                        start_step: int = 0, partial: tuple[float, int] = (0.0, 0),
+                        after_step: Any = None) -> EpochOutcome:
+    """One epoch: train ``step_model`` (the DDP replica) on this worker's crops, step the
+    schedule, settle ``net``'s BatchNorm statistics (:func:`settle_batchnorm`), then validate
+    ``net`` (the unwrapped network, what rank 0 checkpoints) on this worker's visits."""
+    tr = train_epoch(step_model, data.loader, loss_fn, opt, device, cfg, policy,
+                     start_step=start_step, partial=partial, after_step=after_step)
+    lr = opt.param_groups[0]["lr"]
+    sched.step()
+    bn_batches = settle_batchnorm(net, data, cfg, device, policy)
+    val, probs = validate(net, data.val_loader, device, cfg, data.spacings, data.overlay_keys,
+                          policy)
+    return EpochOutcome(tr, val, probs, lr, bn_batches)
 
 
 def checkpoint_and_report(epoch: int, metrics: dict[str, float], net: torch.nn.Module,
@@ -285,8 +353,10 @@ def log_epoch(logger: Any, store: Any, probs: dict[str, np.ndarray], metrics: di
     val_txt = "  ".join(
         f"{k[4:-5]} {metrics[k]:.3f}±{metrics.get(k[:-5] + '_std', 0):.3f}"
         for k in metrics if k in ("val/dice_mean", "val/hd95_mean", "val/ssim_mean"))
+    pooled = (f"  pooled dice {metrics['val/dice_pooled']:.3f}"
+              if "val/dice_pooled" in metrics else "")
     print(f"[fpn] epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train/loss']:.4f}  "
-          f"{val_txt}  {metrics['train/crops_per_s']:.1f} crops/s  "
+          f"{val_txt}{pooled}  {metrics['train/crops_per_s']:.1f} crops/s  "
           f"ETA {_fmt_eta(eta)}", flush=True)
 
 
@@ -314,6 +384,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     model = create_model(cfg.model.name, in_channels=1, out_channels=1, **cfg.model.kwargs)
     run_dir = loop_config.get("run_dir")
     restored = restore_state(model, cfg, loop_config.get("init_member"), run_dir, world)
+    head_bias = set_head_prior(model, cfg, store, plan, restored)
     model = policy.prepare_model(model, device)
     opt, sched = build_optimisation(model, cfg, restored)
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -340,7 +411,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"[fpn] {cfg.task} {cfg.model.name} target={cfg.data.target} "
               f"train visits={len(plan.train_keys)} patients={len(plan.train_patients)} "
               f"val visits={len(plan.val_keys)} workers={world} device={device}"
-              f"{' compile=on' if policy.compile else ''}", flush=True)
+              f"{' compile=on' if policy.compile else ''}"
+              f"{f' head bias={head_bias:.2f}' if head_bias is not None else ''}", flush=True)
     if rank == 0 and run_dir:
         # one line per (re)start: what a fault drill reads to count repeated epochs and steps
         append_location_line(join_location(run_dir, "attempts.jsonl"),
@@ -362,17 +434,14 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                                 run_dir, stop)
         first = restored.start_step if epoch == start_epoch else 0
         partial = restored.partial if epoch == start_epoch else (0.0, 0)
-        tr = train_epoch(step_model, data.loader, loss_fn, opt, device, cfg, policy,
-                         start_step=first, partial=partial, after_step=after_step)
-        lr = opt.param_groups[0]["lr"]
-        sched.step()
-        val, probs = validate(net, data.val_loader, device, cfg, data.spacings, data.overlay_keys,
-                              policy)
-        metrics = epoch_metrics(epoch, tr, val, lr, world, score_key)
+        done = train_then_validate(step_model, net, data, loss_fn, opt, sched, device, cfg,
+                                   policy, start_step=first, partial=partial,
+                                   after_step=after_step)
+        metrics = epoch_metrics(epoch, done.train, done.val, done.lr, world, score_key)
         restored.history.append(metrics)
         checkpoint_and_report(epoch, metrics, net, cfg, opt, sched, restored, rank, world)
         if logger is not None:
-            log_epoch(logger, store, probs, metrics, cfg, epoch, start_epoch, t_start)
+            log_epoch(logger, store, done.probs, metrics, cfg, epoch, start_epoch, t_start)
     if poller is not None:
         poller.halt()
 

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# no progress bar per downloaded file (a registered model is some 75 files)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from tune.presets import PAPER_PRESETS
 
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow", help="tracking URI (default sqlite:///OUT/mlflow.db)")
     p.add_argument("--experiment", default="fpn-paper-table", help="MLflow experiment")
     add_set(p)
+    p.add_argument("--verbose", action="store_true", help="the Train workers' epoch lines and "
+                   "Ray's logging on the console (default: a line per run and a progress bar)")
     p.add_argument("--plan", action="store_true", help="print the runs and the training crops "
                    "they need (and, with --crops-per-second, the time), train nothing")
     p.add_argument("--crops-per-second", type=float, help="with --plan: training crops/s of one "
@@ -80,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         result = run_paper_table(**grid, gpus_per_worker=args.gpus_per_worker,
                                  mlflow=args.mlflow, experiment=args.experiment,
-                                 num_cpus=args.num_cpus)
+                                 num_cpus=args.num_cpus, verbose=args.verbose)
         if result.failed:
             print(f"paper-table: {len(result.failed)} run(s) failed: "
                   f"{', '.join(result.failed)}", file=sys.stderr)

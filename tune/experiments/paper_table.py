@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -49,6 +50,14 @@ from fpn import tags as T
 from fpn.config import SSL_TARGETS, TrainConfig, build_train_config
 from fpn.stats import visit_patients
 from fpn.storage import join_location, write_atomic
+from tune.console import (
+    close_progress_bar,
+    log_folder,
+    progress_bar,
+    quiet_logging,
+    say,
+    step_progress_bar,
+)
 from tune.core import (
     DRIVER_CPU,
     MATCHED,
@@ -98,7 +107,7 @@ METRICS = (("dice", "Dice (%)", 100.0, True), ("hd95", "HD95 (mm)", 1.0, False),
 
 
 def _log(msg: str) -> None:
-    print(f"[paper-table] {msg}", flush=True)
+    say(f"[paper-table] {msg}")
 
 
 @dataclass
@@ -229,7 +238,7 @@ class PlannedRun:
     train_visits: int
     val_visits: int
     epochs: int
-    crops: int  #: training crops over all epochs: epochs x multiplier x training visits
+    crops: int  #: training crops over all epochs (fpn.training.budget.crops_per_epoch x epochs)
     finished: bool
 
 
@@ -240,12 +249,13 @@ def plan_cost(jobs: Sequence[Job], store: Any, *, storage: str) -> list[PlannedR
     are what the runs will see.
     """
     from fpn.data.splits import plan_visits
+    from fpn.training.budget import crops_per_epoch
 
     rows = []
     for job in jobs:
         cfg = job.config
         vp = plan_visits(store, cfg.data.target, cfg.data.ratio, cfg.data.subset_seed)
-        crops = cfg.epochs * cfg.data.multiplier * len(vp.train_keys)
+        crops = cfg.epochs * crops_per_epoch(cfg, len(vp.train_keys), cfg.workers)
         rows.append(PlannedRun(job.name, cfg.task, cfg.data.target, row_label(job.model, job.ssl),
                                job.ratio, job.seed, len(vp.train_keys), len(vp.val_keys),
                                cfg.epochs, crops, _finished(storage, job.name)))
@@ -440,7 +450,7 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
                     workers: int = 1, gpus_per_worker: float = 0.0,
                     mlflow: str | None = None, experiment: str = EXPERIMENT,
                     overrides: dict[str, Any] | None = None, max_concurrent: int | None = None,
-                    num_cpus: int | None = None) -> PaperTableResult:
+                    num_cpus: int | None = None, verbose: bool = False) -> PaperTableResult:
     """Train, evaluate and tabulate the grid; see the module docstring.
 
     Args:
@@ -455,6 +465,8 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
         overrides: dotted TrainConfig values applied after the preset's (tests, experiments).
         max_concurrent: at most this many runs at once (default: what the cluster fits).
         num_cpus: CPUs of the local Ray started when none is running.
+        verbose: the Train workers' epoch lines and Ray's logging on the console (default: a
+            line per run and a progress bar; the rest in Ray's log files).
 
     Returns:
         The cells of each metric's table, the Markdown report, the parent MLflow run and the
@@ -471,7 +483,10 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
         open_store(store)  # a bad store fails here, with its name, before OUT is made
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    connect_ray(num_cpus=num_cpus)
+    if not verbose:
+        quiet_logging()
+    connect_ray(num_cpus=num_cpus, log_to_driver=verbose,
+                logging_level=logging.INFO if verbose else logging.WARNING)
     store_path = store if store is not None else _make_demo_store(out, chosen)
     opened = open_store(store_path)
     uri = mlflow or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
@@ -502,8 +517,15 @@ def run_paper_table(*, out: str | Path, store: str | None = None, preset: str = 
     _log(f"{len(jobs)} runs ({len(finished_before)} already finished), {conc} at a time, "
          f"{cpw:g} CPU per Train worker; MLflow {uri}, parent run {parent_id}")
 
-    done, failed = run_jobs(jobs, concurrency=conc, parent_run_id=parent_id,
-                            eval_dir=out / "evaluations", tags={T.PAPER_TABLE: preset}, log=_log)
+    if not verbose:
+        _log(f"the runs' and Ray's logs: {log_folder()} (--verbose: on the console)")
+    progress_bar(len(jobs) - len(finished_before), desc="runs")
+    try:
+        done, failed = run_jobs(jobs, concurrency=conc, parent_run_id=parent_id,
+                                eval_dir=out / "evaluations", tags={T.PAPER_TABLE: preset},
+                                log=_log, on_end=step_progress_bar)
+    finally:
+        close_progress_bar()
 
     patients = visit_patients([rec for j in jobs if j.evaluate and j.name in done
                                for rec in done[j.name]["records"]])
