@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CompiledWithFallback", "DevicePolicy", "device_policy", "to_channels_last"]
+__all__ = ["CompiledWithFallback", "DevicePolicy", "cpu_has_amx_bf16", "device_policy",
+           "to_channels_last"]
 
 
 @dataclass(frozen=True)
@@ -78,26 +79,44 @@ class DevicePolicy:
         return res
 
 
-def device_policy(device_type: str, cfg: Any = None) -> DevicePolicy:
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX: Xeon Sapphire Rapids
+    and later), where oneDNN's bf16 convolutions are several times faster than fp32 ones.
+
+    Elsewhere bf16 is emulated or runs on narrower units, and nothing was measured there, so
+    the CPU policy keeps fp32 (benchmarks/README.md, "A faster CPU step").
+    """
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own CPUID probe
+    try:
+        return bool(check()) if check is not None else False
+    except Exception:  # noqa: BLE001 - a probe that fails means: no AMX
+        return False
+
+
+def device_policy(device_type: str, cfg: Any = None, *, amx: bool | None = None) -> DevicePolicy:
     """The policy for ``device_type`` (``"cuda"``/``"cpu"``) under a :class:`~fpn.config.TrainConfig`.
 
     ``cfg`` may be ``None`` (inference): then the GPU defaults apply (bf16 autocast, channels
-    last, no compile). Its ``amp``, ``channels_last`` and ``compile`` fields switch those off or
-    on; on CPU autocast and channels-last stay off (the models already keep their own weights in
-    the format oneDNN likes) and so does pinned memory.
+    last, no compile) and the CPU runs fp32. Its ``amp``, ``channels_last`` and ``compile``
+    fields switch those off or on. On CPU, channels-last stays off (the models already keep
+    their own weights in the format oneDNN likes) and so does pinned memory; bf16 autocast is on
+    only where the config asks for it with both ``amp`` and ``cpu_amp`` and the CPU has AMX
+    (``amx``: None detects it, :func:`cpu_has_amx_bf16`; tests pass True or False).
     """
     device_type = str(device_type).split(":")[0]
     if device_type not in ("cuda", "cpu"):
         raise ValueError(f"unsupported device type {device_type!r}; expected 'cuda' or 'cpu'")
     cuda = device_type == "cuda"
     amp = getattr(cfg, "amp", True)
+    cpu_bf16 = (not cuda and cfg is not None and bool(amp) and bool(getattr(cfg, "cpu_amp", False))
+                and (cpu_has_amx_bf16() if amx is None else amx))
     channels_last = getattr(cfg, "channels_last", True)
     compile_ = bool(getattr(cfg, "compile", False))
     gpus = float(getattr(cfg, "gpus_per_worker", 1.0 if cuda else 0.0)) if cuda else 0.0
     return DevicePolicy(
         device_type=device_type,
         channels_last=cuda and channels_last,
-        autocast_dtype=torch.bfloat16 if cuda and amp else None,
+        autocast_dtype=torch.bfloat16 if (cuda and amp) or cpu_bf16 else None,
         compile=compile_,
         pin_memory=cuda,
         non_blocking=cuda,

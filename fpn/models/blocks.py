@@ -22,6 +22,7 @@ __all__ = [
     "DecoderUnit",
     "EncoderUnitA",
     "EncoderUnitB",
+    "FoldedConv3d",
     "SingleChannelConv3d",
     "Upsample2d",
     "check_choice",
@@ -139,7 +140,55 @@ def pad_volume(
 
 def _conv3d(cin: int, cout: int, kernel: tuple[int, int, int], stride: int | tuple = 1) -> nn.Conv3d:
     padding = tuple(k // 2 for k in kernel)
-    return nn.Conv3d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
+    return FoldedConv3d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
+
+
+class FoldedConv3d(nn.Conv3d):
+    """A ``Conv3d`` whose kernel spans one or two of (S, D, W), run as a 2-D convolution.
+
+    Every 3-D kernel of FPN is either in-B-scan ``(1, kd, kw)`` or across-B-scan ``(ks, 1, 1)``,
+    so the volume can be seen as a batch of 2-D images without copying it: an in-B-scan kernel
+    treats each B-scan as an image (S joins the batch axis: a view of a ``channels_last_3d``
+    volume), an across-B-scan kernel treats (S, D*W) as the image.
+
+    Why: for float32 on CPU, PyTorch sends 2-D convolutions of these sizes to oneDNN, but 3-D
+    ones to its slow reference kernel for a batch of 1 (the small levels) and, single threaded,
+    for ``(ks, 1, 1)`` and 1x1x1 kernels; that kernel also answers in the contiguous format,
+    which sends the ReLU and BatchNorm around it down strided paths (benchmarks/README.md, "A
+    faster CPU step"). Only that case is folded: bf16 (autocast) always reaches oneDNN's 3-D
+    kernels (folding measured the same there), and GPUs keep cuDNN's 3-D path as measured.
+
+    Same parameters, state-dict entry and numbers as the ``nn.Conv3d``; anything else (groups,
+    dilation, other padding modes, an in-B-scan kernel on a contiguous volume, which would copy)
+    runs the plain 3-D convolution.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (ks, kd, kw), (ss, sd, sw), padding = self.kernel_size, self.stride, self.padding
+        if (x.device.type != "cpu" or x.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or self.groups != 1
+                or self.padding_mode != "zeros" or isinstance(padding, str)
+                or any(d != 1 for d in self.dilation) or x.dim() != 5):
+            return super().forward(x)
+        ps, pd, pw = padding
+        in_bscan = ks == 1 and ss == 1 and ps == 0
+        if in_bscan and x.is_contiguous(memory_format=torch.channels_last_3d):
+            b, c, s, d, w = x.shape
+            images = x.transpose(1, 2).reshape(b * s, c, d, w)  # a view: (B*S, C, D, W)
+            y = F.conv2d(images, self.weight.squeeze(2), self.bias, (sd, sw), (pd, pw))
+            return y.unflatten(0, (b, s)).transpose(1, 2)
+        if kd == kw == 1 and sd == sw == 1 and pd == pw == 0:
+            b, c, s, d, w = x.shape
+            weight = self.weight.flatten(3)
+            if not x.is_contiguous(memory_format=torch.channels_last_3d):
+                y = F.conv2d(x.flatten(3), weight, self.bias, (ss, 1), (ps, 0))
+                return y.unflatten(3, (d, w))
+            # through the (B, S, D, W, C) memory order: x.flatten(3) would give a batch of one a
+            # non-standard stride, which sends batch norm down a path 10x slower
+            images = x.permute(0, 2, 3, 4, 1).reshape(b, s, d * w, c).permute(0, 3, 1, 2)
+            y = F.conv2d(images, weight, self.bias, (ss, 1), (ps, 0))
+            return y.permute(0, 2, 3, 1).reshape(b, y.shape[2], d, w, -1).permute(0, 4, 1, 2, 3)
+        return super().forward(x)
 
 
 class SingleChannelConv3d(nn.Conv3d):

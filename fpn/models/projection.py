@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fpn.models.blocks import check_choice, make_norm
+from fpn.models.blocks import FoldedConv3d, check_choice, make_norm
 
 __all__ = ["REDUCTIONS", "REFERENCE_DEPTH_CONVS", "ProjectionBlock", "depth_conv_counts"]
 
@@ -90,8 +90,8 @@ class ProjectionBlock(nn.Module):
         layers: list[nn.Module] = []
         for i in range(n_depth_convs):
             layers.append(
-                nn.Conv3d(channels, channels, (1, depth_kernel, 1), stride=(1, 2, 1),
-                          padding=(0, depth_kernel // 2, 0), bias=False)
+                FoldedConv3d(channels, channels, (1, depth_kernel, 1), stride=(1, 2, 1),
+                             padding=(0, depth_kernel // 2, 0), bias=False)
             )
             layers.append(make_norm(norm, channels, 3))
             if i < n_depth_convs - 1:
@@ -99,17 +99,17 @@ class ProjectionBlock(nn.Module):
         self.depth_convs = nn.Sequential(*layers)
         self.shortcut = (
             nn.Sequential(
-                nn.Conv3d(channels, channels, 1, stride=(1, 2**n_depth_convs, 1), bias=False),
+                FoldedConv3d(channels, channels, 1, stride=(1, 2**n_depth_convs, 1), bias=False),
                 make_norm(norm, channels, 3),
             )
             if n_depth_convs > 0
             else None
         )
-        self.final_conv = nn.Conv3d(channels, channels, (1, final_kernel, 1), bias=False)
+        self.final_conv = FoldedConv3d(channels, channels, (1, final_kernel, 1), bias=False)
         self.final_norm = make_norm(norm, channels, 3)
         # bias-free: a constant offset cancels in the softmax and would never get a gradient
         self.attention = (
-            nn.Conv3d(channels, 1, 1, bias=False) if reduction == "attention" else None
+            FoldedConv3d(channels, 1, 1, bias=False) if reduction == "attention" else None
         )
 
     def output_depth(self, depth: int) -> int:
@@ -122,6 +122,16 @@ class ProjectionBlock(nn.Module):
         if self.shortcut is not None:
             x = F.relu(self.depth_convs(x) + self.shortcut(x), inplace=True)
         x = F.relu(self.final_norm(self.final_conv(x)), inplace=True)
+        enface = self._reduce(x)
+        if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+            # a reduction answers in the contiguous format; the decoder's weights are channels
+            # last, and mixing the two sends its elementwise ops (and their backward) down
+            # PyTorch's strided paths
+            enface = enface.contiguous(memory_format=torch.channels_last)
+        return enface
+
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Collapse what is left of depth (dim 3): ``(B, C, S, D', W) -> (B, C, S, W)``."""
         if self.reduction == "mean":
             return x.mean(dim=3)
         if self.reduction == "max":
