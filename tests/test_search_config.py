@@ -269,3 +269,27 @@ def test_a_run_at_its_last_epoch_is_never_stopped():
 
     callback = StopOnBoardCallback("study", "t1", last_epoch=2)
     assert callback.after_report(None, [{"epoch": 2.0, "val_score": 0.5}], None) is None
+
+
+@pytest.mark.integration
+def test_a_presets_synthetic_store_lies_where_the_runs_config_names_it(tmp_path, ray_local,
+                                                                       monkeypatch):
+    """With no --data, the search makes its preset's store and every run's config names that
+    store; a second search finds it whole and makes nothing again."""
+    import dataclasses
+
+    from tune import presets
+    from tune.config import SearchConfig
+    from tune.search_steps import ensure_store
+
+    tiny = presets.SyntheticStore(shape=(4, 32, 32), visits=2, patients=5, unlabelled=1)
+    monkeypatch.setitem(presets.SEARCH_PRESETS, "demo",
+                        dataclasses.replace(presets.SEARCH_PRESETS["demo"], store=tiny))
+    cfg = SearchConfig(workdir=str(tmp_path))
+    made = ensure_store(cfg)
+    assert made == cfg.store_path()
+    assert made == str(tmp_path / "data" / tiny.folder_name(cfg.seed) / "store.zarr")
+    stamp = (tmp_path / "data" / tiny.folder_name(cfg.seed) / "store.zarr" / "zarr.json").stat()
+    assert ensure_store(cfg) == made
+    again = (tmp_path / "data" / tiny.folder_name(cfg.seed) / "store.zarr" / "zarr.json").stat()
+    assert again.st_mtime_ns == stamp.st_mtime_ns  # found whole, not converted again

@@ -133,7 +133,7 @@ class SearchConfig(BaseModel):
             return self.data
         spec = self.preset.store
         assert spec is not None, "a preset without a synthetic store needs data"
-        return str(self.work_path() / "data" / spec.folder_name(self.seed) / "store.zarr")
+        return str(spec.store_path(self.work_path() / "data", self.seed))
 
     def storage_path(self) -> str:
         return absolute_location(self.storage) if self.storage else str(self.work_path() / "ray")

@@ -273,8 +273,8 @@ def make_synthetic_store(folder: str | Path, spec: SyntheticStore, *, seed: int 
     from data_prep.synthetic import make_synthetic_dataset
     from fpn.data.store import StoreError, open_store
 
-    folder = Path(folder) / spec.folder_name(seed)
-    source, store = folder / "source", folder / "store.zarr"
+    store = spec.store_path(folder, seed)
+    source = store.parent / "source"
     try:
         opened = open_store(str(store))
         if opened.visits and opened.conversion.get("complete", False):

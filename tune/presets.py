@@ -54,6 +54,11 @@ class SyntheticStore:
         return (f"synthetic-{self.patients}p{self.unlabelled}u-{self.visits}v-{s}x{d}x{w}"
                 f"-seed{seed}")
 
+    def store_path(self, folder: str | Path, seed: int) -> Path:
+        """Where the data set's store lies under ``folder``: its own folder, then
+        ``store.zarr`` (its source data beside it, in ``source``)."""
+        return Path(folder) / self.folder_name(seed) / "store.zarr"
+
 
 #: the demo data of every command (the search, the paper table, the demo slice): 40 labelled
 #: patients give 24 training, 8 validation and 8 test patients (20 test visits with 3 visits an

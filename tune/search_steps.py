@@ -119,10 +119,8 @@ def ensure_store(cfg: SearchConfig) -> str:
         return cfg.data
     spec = cfg.preset.store
     assert spec is not None, "a preset without a store needs --data"
-    made = make_synthetic_store(cfg.work_path() / "data", spec, seed=cfg.seed,
+    return make_synthetic_store(cfg.work_path() / "data", spec, seed=cfg.seed,
                                 num_cpus=cfg.num_cpus, log=_log)
-    assert made == cfg.store_path(), (made, cfg.store_path())  # the runs' config names it
-    return made
 
 
 def plan_resources(cfg: SearchConfig) -> ResourcePlan:
@@ -156,10 +154,9 @@ def _fix_architecture(space: SearchSpace, base: TrainConfig, init: str, uri: str
     if dropped:
         _log(f"{init}: the given pretrained network fixes the architecture; not searching "
              f"{', '.join(dropped)}")
-    return base, SearchSpace(
-        optimizer=space.optimizer,
-        params={k: v for k, v in space.params.items() if k not in dropped},
-        fixed={k: v for k, v in space.fixed.items() if not k.startswith("model.")})
+    return base, space.model_copy(update={
+        "params": {k: v for k, v in space.params.items() if k not in dropped},
+        "fixed": {k: v for k, v in space.fixed.items() if not k.startswith("model.")}})
 
 
 # -- one ratio, step by step ----------------------------------------------------------------------

@@ -170,4 +170,4 @@ def check_model_knobs(space: SearchSpace, base_kwargs: dict[str, Any], model: st
                 del params[k]
             else:
                 params[k] = ParamSpec(type="categorical", choices=choices[k])
-    return SearchSpace(optimizer=space.optimizer, params=params, fixed=dict(space.fixed))
+    return space.model_copy(update={"params": params, "fixed": dict(space.fixed)})
